@@ -1,0 +1,114 @@
+"""The ``gradreg`` command: list, run and bench experiments, or train one config.
+
+    gradreg list
+    gradreg run EXPERIMENT --profile {smoke,cpu,paper} [--seeds N] [--device D] [--data-dir DIR]
+    gradreg bench [--json] [--model lenet] [--reps 7]
+    gradreg train key=value ...          e.g. gradreg train regularizer=datagrad weight=50 iterations=500
+
+Every user error (unknown name, bad value, missing data) ends in one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from . import bench as bench_mod
+from . import experiments
+from .errors import GradregError
+from .train import TrainConfig, train
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    print(f"{'experiment':<14}{'profile':<8}{'runs':>6}{'iterations':>12}{'est. 2-core CPU':>17}  source")
+    for exp in experiments.REGISTRY.values():
+        for profile in exp.profiles:
+            grid = exp.configs(profile)
+            minutes = exp.estimated_cpu_seconds(profile) / 60
+            print(f"{exp.name:<14}{profile:<8}{len(grid):>6}{grid[0][2].iterations:>12}"
+                  f"{minutes:>13.1f} min  {exp.source if profile == 'smoke' else ''}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    exp = experiments.get(args.experiment)
+    overrides = exp.profile(args.profile).overrides
+    print(f"{exp.title}\nsource: {exp.source}\nbase config: {exp.base.replace(**overrides, device=args.device)}")
+    experiments.run(args.experiment, args.profile, seeds=args.seeds, device=args.device,
+                    data_dir=args.data_dir, results_dir=args.results_dir, progress=not args.no_progress)
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    result = bench_mod.bench(args.model, args.batch_size, args.reps, args.steps, args.device)
+    print(bench_mod.table(result))
+    if args.json:
+        print(json.dumps(result["ratio"]))
+
+
+def _parse_override(item: str, types: dict[str, Any]) -> tuple[str, Any]:
+    """``key=value`` with value a Python literal (a bare word is a string); unknown keys are errors."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise GradregError(f"expected key=value, got {item!r}")
+    if key not in types:
+        raise GradregError(f"unknown config key {key!r}; known: {', '.join(types)}")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    return key, value
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig().replace(**dict(_parse_override(item, types) for item in args.overrides))
+    print(f"config: {cfg}")
+    out = train(cfg, data_dir=args.data_dir, progress=not args.no_progress)
+    print(json.dumps({k: out[k] for k in ("status", "metrics", "train_seconds", "device")}, indent=1))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gradreg", description="Gradient regularization experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="experiments, profiles and their estimated cost").set_defaults(fn=_cmd_list)
+
+    run = sub.add_parser("run", help="run (or resume) an experiment's grid at a profile")
+    run.add_argument("experiment")
+    run.add_argument("--profile", required=True, help="smoke | cpu | paper")
+    run.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the profile's)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: $GRADREG_DATA)")
+    run.add_argument("--results-dir", default=None, help="default: $GRADREG_RESULTS or the checkout's results/")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(fn=_cmd_run)
+
+    b = sub.add_parser("bench", help="step cost of each regularizer as a ratio to a plain step")
+    b.add_argument("--json", action="store_true", help="also print the ratios as one JSON object (last line)")
+    b.add_argument("--model", default="lenet")
+    b.add_argument("--batch-size", type=int, default=50)
+    b.add_argument("--reps", type=int, default=7)
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.set_defaults(fn=_cmd_bench)
+
+    t = sub.add_parser("train", help="train one config given as key=value overrides of TrainConfig")
+    t.add_argument("overrides", nargs="*")
+    t.add_argument("--data-dir", default=None)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=_cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except GradregError as err:
+        print(f"gradreg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradreg: interrupted; finished runs are stored, rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0

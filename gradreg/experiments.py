@@ -1,0 +1,140 @@
+"""The registry of experiments: each a grid of independent (cell, seed) runs with three profiles.
+
+- ``smoke``: seconds; every code path of the experiment, tiny data and few iterations (CI).
+- ``cpu``:   the largest scale that fits about an hour on a 2-core CPU and still tests the claim;
+             its results are committed under ``results/`` and shown in the book.
+- ``paper``: the paper's own seeds, iterations and sizes; meant for a GPU.
+
+A cell is a named set of overrides of the experiment's base ``TrainConfig``; a profile is a number of
+seeds plus overrides applied to every cell. ``run()`` trains every missing (cell, seed) and stores each
+record as soon as it finishes, so an interrupted grid resumes where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import results as results_store
+from .data import Dataset
+from .errors import GradregError
+from .train import TrainConfig, train
+
+PROFILES = ("smoke", "cpu", "paper")
+
+# Measured on the 2-core development CPU by `gradreg bench`-style timing (ms per plain step, batch 50),
+# and the cost of a regularized step relative to a plain one; used only for `gradreg list` estimates.
+STEP_MS_CPU = {"toy": 0.5, "lenet": 3.0, "lenettuned": 9.0, "mlp": 1.0, "cifar_resnet": 400.0}
+REG_COST = {None: 1.0, "datagrad": 2.5, "spectreg": 2.6, "onehot": 2.6, "random_onehot": 2.6,
+            "frobreg": 12.0, "jacreg": 12.0, "confidence": 1.4}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big a run of the grid is: number of seeds and overrides applied to every cell."""
+
+    seeds: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A paper experiment: base config, named cells of overrides, and the three profiles."""
+
+    name: str
+    title: str
+    source: str                                  # where in which paper
+    base: TrainConfig
+    cells: dict[str, dict[str, Any]]
+    profiles: dict[str, Profile]
+    extra_metrics: Callable[[nn.Module, Dataset], dict[str, Any]] | None = None
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise GradregError(f"unknown profile {name!r} for {self.name}; known: {', '.join(self.profiles)}")
+        return self.profiles[name]
+
+    def configs(self, profile: str, seeds: int | None = None) -> list[tuple[str, int, TrainConfig]]:
+        """Every (cell, seed, config) of the grid at this profile, seeds 0 … n−1."""
+        prof = self.profile(profile)
+        n = prof.seeds if seeds is None else seeds
+        if n < 1:
+            raise GradregError(f"--seeds must be at least 1, got {n}")
+        return [(cell, seed, self.base.replace(**{**overrides, **prof.overrides, "seed": seed}))
+                for cell, overrides in self.cells.items() for seed in range(n)]
+
+    def estimated_cpu_seconds(self, profile: str) -> float:
+        """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost, summed."""
+        return sum(cfg.iterations * STEP_MS_CPU.get(cfg.model, 5.0) / 1000
+                   * REG_COST.get(cfg.regularizer if cfg.weight > 0 else None, 3.0)
+                   for _, _, cfg in self.configs(profile))
+
+
+REGISTRY: dict[str, Experiment] = {}
+
+
+def register(exp: Experiment) -> Experiment:
+    REGISTRY[exp.name] = exp
+    return exp
+
+
+def get(name: str) -> Experiment:
+    """An experiment by name; an unknown name raises one clear GradregError listing the known ones."""
+    if name not in REGISTRY:
+        raise GradregError(f"unknown experiment {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def command(name: str, profile: str) -> str:
+    """The shell command that produces an experiment's results at a profile."""
+    return f"gradreg run {name} --profile {profile}"
+
+
+def missing(name: str, profile: str, results_dir: str | None = None) -> list[tuple[str, int]]:
+    """(cell, seed) pairs of the grid that have no stored record yet."""
+    done = results_store.Store(name, profile, results_dir).done()
+    return [(c, s) for c, s, _ in get(name).configs(profile) if (c, s) not in done]
+
+
+def run(name: str, profile: str, *, seeds: int | None = None, device: str = "auto",
+        data_dir: str | None = None, results_dir: str | None = None, progress: bool = True,
+        log: Callable[[str], None] = print) -> list[results_store.Record]:
+    """Train every (cell, seed) of the grid not yet stored, storing each record as it finishes.
+
+    Returns all records of the (experiment, profile) afterwards.
+    """
+    exp = get(name)
+    grid = exp.configs(profile, seeds)
+    store = results_store.Store(name, profile, results_dir)
+    done = store.done()
+    todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
+    log(f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}")
+    for i, (cell, seed, cfg) in enumerate(todo, 1):
+        cfg = cfg.replace(device=device)
+        out = train(cfg, data_dir=data_dir, progress=progress, extra_metrics=exp.extra_metrics)
+        record = {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
+                  "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"])}
+        store.add(record)
+        shown = {k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}
+        log(f"  [{i}/{len(todo)}] {cell} seed {seed}: {out['status']} in {out['train_seconds']:.1f}s {shown}")
+    return store.records()
+
+
+def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str | None = None,
+         **run_options: Any) -> list[results_store.Record]:
+    """The stored records of an experiment, training the missing runs first if ``run_missing``.
+
+    Chapters call this: at ``smoke`` they train (seconds); at ``cpu``/``paper`` they show what is
+    committed and, where runs are missing, the command that produces them.
+    """
+    get(name).profile(profile)
+    if run_missing and missing(name, profile, results_dir):
+        run(name, profile, results_dir=results_dir, **run_options)
+    return results_store.Store(name, profile, results_dir).records()
+
+
+# ---------------------------------------------------------------- the experiments
+
+from . import varga2017  # noqa: E402,F401  (registers the experiments of Varga et al.)

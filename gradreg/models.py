@@ -1,0 +1,126 @@
+"""The networks of the experiments (architectures as in the authors' code; see experiments.md).
+
+``build(name, **options)`` makes any of them by name so configs and the CLI can refer to them.
+``head`` chooses what sits before the last dense layer of a LeNet: nothing, dropout (p = 0.5,
+i.e. keep-probability 0.5) or BatchNorm.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import GradregError
+
+HEADS = ("none", "dropout", "batchnorm")
+
+
+def _head(kind: str, width: int) -> nn.Module:
+    """The optional layer between the penultimate dense layer and the logits."""
+    if kind not in HEADS:
+        raise GradregError(f"unknown head {kind!r}; known: {', '.join(HEADS)}")
+    return {"none": nn.Identity, "dropout": lambda _: nn.Dropout(0.5),
+            "batchnorm": nn.BatchNorm1d}[kind](width)
+
+
+def lenet(head: str = "none", filters: tuple[int, int] = (6, 16), in_channels: int = 1,
+          classes: int = 10) -> nn.Sequential:
+    """LeNet-5 on 28×28 inputs: conv5 same → pool → conv5 → pool → conv5 to 120 → dense 84 → head → dense.
+
+    Shapes: [B, 1, 28, 28] → [B, c1, 14, 14] → [B, c2, 5, 5] → [B, 120] → [B, 84] → [B, classes].
+    """
+    c1, c2 = filters
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c2, 120, 5), nn.ReLU(), nn.Flatten(),
+        nn.Linear(120, 84), nn.ReLU(), _head(head, 84),
+        nn.Linear(84, classes),
+    )
+
+
+def lenettuned(head: str = "none", classes: int = 10) -> nn.Sequential:
+    """The LeNet of Table 1 with 32 and 64 filters in its first two convolutions."""
+    return lenet(head, filters=(32, 64), classes=classes)
+
+
+class _Block(nn.Module):
+    """Residual block conv-BN-ReLU-conv-BN + shortcut, ReLU. Downsampling shortcut: 2×2 average
+    pool and zero channel padding (no parameters, as in the authors' ResNet)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, bn: bool):
+        super().__init__()
+        norm: Callable[[int], nn.Module] = nn.BatchNorm2d if bn else (lambda _: nn.Identity())
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=not bn)
+        self.bn1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=not bn)
+        self.bn2 = norm(c_out)
+        self.stride, self.pad = stride, c_out - c_in
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride)
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad)) if self.pad else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+
+def cifar_resnet(width: int = 3, blocks: int = 3, bn: bool = True, classes: int = 10) -> nn.Sequential:
+    """ResNet-20-style CIFAR net: conv3 to 16w, 3 stages × ``blocks`` blocks at 16w/32w/64w, 8×8 average pool."""
+    widths = [16 * width, 32 * width, 64 * width]
+    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1, bias=not bn),
+                               nn.BatchNorm2d(widths[0]) if bn else nn.Identity(), nn.ReLU()]
+    c_in = widths[0]
+    for stage, c_out in enumerate(widths):
+        for b in range(blocks):
+            layers.append(_Block(c_in, c_out, 2 if (stage > 0 and b == 0) else 1, bn))
+            c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes)]
+    return nn.Sequential(*layers)
+
+
+def toy(hidden: int = 64, depth: int = 4, activation: str = "relu") -> nn.Sequential:
+    """The sin(5x) net: dense 1→64, ReLU, ``depth`` × (dense 64→64, ReLU), dense 64→1."""
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}[activation]
+    layers: list[nn.Module] = [nn.Linear(1, hidden), act()]
+    for _ in range(depth):
+        layers += [nn.Linear(hidden, hidden), act()]
+    return nn.Sequential(*layers, nn.Linear(hidden, 1))
+
+
+def mlp(in_features: int = 784, hidden: int = 256, depth: int = 2, classes: int = 10) -> nn.Sequential:
+    """A dense ReLU network on flattened inputs (used by the derivation chapters' checks)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, classes))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet": lenet, "lenettuned": lenettuned, "cifar_resnet": cifar_resnet, "toy": toy, "mlp": mlp}
+
+
+def build(name: str, **options) -> nn.Module:
+    """Make a model by registry name; unknown names or options raise one clear GradregError."""
+    if name not in MODELS:
+        raise GradregError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    try:
+        return MODELS[name](**options)
+    except TypeError as err:
+        raise GradregError(f"bad options for model {name!r}: {err}") from None
+
+
+def weight_decay_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split parameters into (decayed, not decayed): conv and dense weights are decayed; biases and
+    BatchNorm parameters are not (as in the authors' code)."""
+    decay, rest = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            (decay if is_weight else rest).append(p)
+    return decay, rest

@@ -1,0 +1,54 @@
+"""From stored records to what a chapter shows: per-cell summaries over seeds, tables, and the
+"results missing" note with the command that produces them."""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from . import experiments
+from .results import Record
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and sample standard deviation of one metric over the seeds of a cell."""
+
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ({self.std:.2f})" if self.n > 1 else f"{self.mean:.2f}"
+
+
+def summarise(records: list[Record], metric: str) -> dict[str, Summary]:
+    """{cell: Summary} of ``metric`` over the finished ("ok") runs of each cell, in grid order."""
+    values: dict[str, list[float]] = {}
+    for r in records:
+        if r["status"] == "ok":
+            values.setdefault(r["cell"], []).append(r["metrics"][metric])
+    return {cell: Summary(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v))
+            for cell, v in values.items()}
+
+
+def markdown_table(records: list[Record], metrics: dict[str, str]) -> str:
+    """A Markdown table, one row per cell, one "mean (std)" column per metric ({metric: header})."""
+    summaries = {m: summarise(records, m) for m in metrics}
+    cells = list(next(iter(summaries.values())))
+    lines = ["| cell | seeds | " + " | ".join(metrics.values()) + " |", "|---" * (len(metrics) + 2) + "|"]
+    for cell in cells:
+        n = summaries[next(iter(metrics))][cell].n
+        lines.append(f"| {cell} | {n} | " + " | ".join(str(summaries[m][cell]) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def missing_note(name: str, profile: str, results_dir: str | None = None) -> str | None:
+    """None when the grid is complete; else a sentence saying what is missing and how to make it."""
+    todo = experiments.missing(name, profile, results_dir)
+    if not todo:
+        return None
+    total = len(experiments.get(name).configs(profile))
+    return (f"{len(todo)} of {total} runs of `{name}` at profile `{profile}` have no stored result yet. "
+            f"Produce them with:\n\n    {experiments.command(name, profile)}\n\n"
+            "(finished runs are kept, so the command can be interrupted and rerun).")

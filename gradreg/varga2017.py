@@ -1,0 +1,108 @@
+"""The experiments of Varga, Csiszárik & Zombori, "Gradient Regularization Improves Accuracy of
+Discriminative Models" (arXiv 1712.09936), with settings from ``shared/reference/experiments.md``
+(weights and architectures from the authors' code), plus the book's quick start.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Dataset
+from .experiments import Experiment, Profile, register
+from .train import TrainConfig
+
+# ---------------------------------------------------------------- quick start (book chapter 1)
+
+register(Experiment(
+    name="quickstart",
+    title="Gradient regularization in five minutes: LeNet on 2,000 MNIST digits, with and without DataGrad",
+    source="book quick start (the setting of Varga et al., E2 at N = 2000)",
+    base=TrainConfig(model="lenet", n_train=2000),
+    cells={"plain": {}, "datagrad": {"regularizer": "datagrad", "weight": 50.0}},
+    profiles={
+        "smoke": Profile(1, {"iterations": 40, "n_train": 200, "n_test": 500, "eval_points": 200}),
+        "cpu": Profile(2, {"iterations": 3000}),
+        "paper": Profile(10, {"iterations": 10000}),
+    },
+))
+
+# ---------------------------------------------------------------- E1: Table 1
+
+_TABLE1_WEIGHTS = {  # (DataGrad, SpectReg) weight per architecture row (authors' code)
+    "baseline": (50.0, 0.01), "batchnorm": (0.003, 0.003), "dropout": (50.0, 0.01)}
+_HEAD = {"baseline": "none", "batchnorm": "batchnorm", "dropout": "dropout"}
+
+
+def _table1_cells() -> dict[str, dict[str, Any]]:
+    cells: dict[str, dict[str, Any]] = {}
+    for row, (w_datagrad, w_spectreg) in _TABLE1_WEIGHTS.items():
+        options = {"model_options": {"head": _HEAD[row]}}
+        cells[f"{row}/nogr"] = options
+        cells[f"{row}/spectreg"] = {**options, "regularizer": "spectreg", "weight": w_spectreg}
+        cells[f"{row}/datagrad"] = {**options, "regularizer": "datagrad", "weight": w_datagrad}
+    return cells
+
+
+register(Experiment(
+    name="mnist-table1",
+    title="MNIST, N = 2000: {Baseline, Batchnorm, Dropout} × {NoGR, SpectReg, DataGrad}",
+    source="Varga et al., Table 1 (E1)",
+    base=TrainConfig(model="lenettuned", n_train=2000, iterations=10000),
+    cells=_table1_cells(),
+    profiles={
+        "smoke": Profile(1, {"iterations": 20, "n_train": 200, "n_test": 500, "eval_points": 200}),
+        "cpu": Profile(3, {"iterations": 10000}),
+        "paper": Profile(10, {"iterations": 10000}),
+    },
+))
+
+# ---------------------------------------------------------------- E9/E10: sin(5x)
+
+SIN5X_WEIGHTS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]
+
+
+def _slope(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """|f′(x)| of a 1-D → 1-D network at each point: [N, 1] -> [N]."""
+    x = x.detach().requires_grad_(True)
+    (d,) = torch.autograd.grad(model(x).sum(), x)
+    return d.abs().flatten()
+
+
+def sin5x_metrics(model: nn.Module, data: Dataset) -> dict[str, Any]:
+    """E10 for the toy: mean |f′| at the training points, on the dense test grid and at training
+    points + N(0, 0.2²); the grid/train ratio; and the learned function on 101 grid points (figure)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    noisy = data.x_train + 0.2 * torch.randn(data.x_train.shape, generator=gen).to(data.x_train)
+    slopes = {name: _slope(model, x).mean().item()
+              for name, x in (("train", data.x_train), ("grid", data.x_test), ("noisy", noisy))}
+    grid = torch.linspace(-1, 1, 101, device=data.x_train.device).unsqueeze(1)
+    with torch.no_grad():
+        curve = model(grid).flatten().tolist()
+    return {**{f"slope_{k}": v for k, v in slopes.items()},
+            "slope_ratio_grid_train": slopes["grid"] / slopes["train"], "curve": curve}
+
+
+def _sin5x_cells() -> dict[str, dict[str, Any]]:
+    cells: dict[str, dict[str, Any]] = {"none": {}}
+    for reg in ("spectreg", "datagrad"):
+        cells.update({f"{reg}/{w:g}": {"regularizer": reg, "weight": w} for w in SIN5X_WEIGHTS})
+    return cells
+
+
+register(Experiment(
+    name="sin5x",
+    title="sin(5x) from 100 noisy points: does gradient control at the data flatten the function everywhere?",
+    source="Varga et al., Figure 1 right (E9, E10)",
+    base=TrainConfig(dataset="sin5x", n_train=100, model="toy", loss="squared_error", lr=0.01,
+                     weight_decay=0.0, iterations=10000, batch_size=50, eval_points=None),
+    cells=_sin5x_cells(),
+    profiles={
+        "smoke": Profile(1, {"iterations": 50}),
+        "cpu": Profile(3),
+        "paper": Profile(3),
+    },
+    extra_metrics=sin5x_metrics,
+))

@@ -1,0 +1,99 @@
+"""The runner: resume after a kill, determinism, divergence, and the registry's contracts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gradreg import experiments, results
+from gradreg.data import Dataset
+from gradreg.errors import GradregError
+from gradreg.train import TrainConfig, train
+
+
+def test_every_experiment_has_three_profiles():
+    for exp in experiments.REGISTRY.values():
+        assert set(exp.profiles) == set(experiments.PROFILES), exp.name
+        assert exp.configs("smoke") and exp.estimated_cpu_seconds("cpu") > 0
+
+
+def test_required_experiments_are_registered():
+    assert {"sin5x", "mnist-table1"} <= set(experiments.REGISTRY)
+    cells = experiments.get("mnist-table1").cells
+    assert len(cells) == 9 and cells["dropout/datagrad"]["weight"] == 50.0
+    assert experiments.get("mnist-table1").profile("paper").seeds == 10
+
+
+def test_unknown_experiment_and_profile():
+    with pytest.raises(GradregError, match="unknown experiment"):
+        experiments.get("imagenet")
+    with pytest.raises(GradregError, match="unknown profile 'huge'"):
+        experiments.get("sin5x").configs("huge")
+
+
+def test_kill_midway_then_resume_loses_and_redoes_nothing(results_dir):
+    """SIGKILL a running grid, rerun it: the finished records survive untouched, the rest are added."""
+    cmd = [sys.executable, "-m", "gradreg", "run", "sin5x", "--profile", "smoke", "--seeds", "4",
+           "--device", "cpu", "--no-progress", "--results-dir", str(results_dir)]
+    store = results.Store("sin5x", "smoke", results_dir)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (store.path.exists() and len(store.records()) >= 5):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = store.records()
+    total = len(experiments.get("sin5x").cells) * 4
+    assert 5 <= len(before) < total, "the kill should land midway through the grid"
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert f"{total} runs, {len(before)} already" in out
+    after = {(r["cell"], r["seed"]): r for r in store.records()}
+    assert len(after) == total
+    for r in before:  # nothing lost, nothing redone: identical records, same finishing time
+        assert after[(r["cell"], r["seed"])] == r
+    assert not list(store.path.parent.glob("*.tmp")), "no temporary files left behind"
+
+
+def test_same_seed_gives_identical_smoke_metrics(data_dir):
+    exp = experiments.get("quickstart")
+    _, _, cfg = exp.configs("smoke")[-1]  # the DataGrad cell
+    cfg = cfg.replace(device="cpu")
+    a = train(cfg, data_dir=str(data_dir), progress=False)
+    b = train(cfg, data_dir=str(data_dir), progress=False)
+    assert a["status"] == "ok" and a["metrics"] == b["metrics"] and a["history"] == b["history"]
+    c = train(cfg.replace(seed=1), data_dir=str(data_dir), progress=False)
+    assert c["metrics"] != a["metrics"]
+
+
+def test_non_finite_loss_stops_the_run_with_a_status():
+    x = torch.randn(100, 1)
+    x[7] = float("nan")
+    data = Dataset("broken", x, x.clone(), x[:10], x[:10], None)
+    cfg = TrainConfig(dataset="sin5x", model="toy", loss="squared_error", iterations=500, log_every=10,
+                      device="cpu", eval_points=None)
+    out = train(cfg, data=data, progress=False)
+    assert out["status"] == "diverged" and out["iterations_done"] < 500 and out["metrics"] == {}
+
+
+def test_config_validation_gives_clear_errors():
+    with pytest.raises(GradregError, match="weight must be a finite number >= 0"):
+        TrainConfig(regularizer="datagrad", weight=-1.0)
+    with pytest.raises(GradregError, match="unknown regularizer"):
+        TrainConfig(regularizer="nope")
+    with pytest.raises(GradregError, match="unknown config key"):
+        TrainConfig().replace(learning_rate=0.1)
+
+
+def test_records_carry_provenance(results_dir):
+    recs = experiments.run("sin5x", "smoke", device="cpu", progress=False, log=lambda _: None)
+    r = recs[0]
+    assert {"git_commit", "torch", "device", "finished_at"} <= set(r["provenance"])
+    assert r["config"]["iterations"] == 50 and r["train_seconds"] > 0
+    assert json.loads(results.Store("sin5x", "smoke", results_dir).path.read_text())["profile"] == "smoke"
+    assert len(r["metrics"]["curve"]) == 101 and r["metrics"]["slope_grid"] > 0
