@@ -25,11 +25,12 @@ def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
     model = models.build(cfg.model).to(x.device)
     opt = make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(0)
+    params = list(model.parameters())
 
     def step() -> None:
         total, _, _ = objective(model, x, y, cfg, gen)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        total.backward(inputs=params)
         opt.step()
     return step
 

@@ -11,6 +11,7 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import conv
 from .errors import GradregError
 
 HEADS = ("none", "dropout", "batchnorm")
@@ -29,11 +30,14 @@ def lenet(head: str = "none", filters: tuple[int, int] = (6, 16), in_channels: i
     """LeNet-5 on 28×28 inputs: conv5 same → pool → conv5 → pool → conv5 to 120 → dense 84 → head → dense.
 
     Shapes: [B, 1, 28, 28] → [B, c1, 14, 14] → [B, c2, 5, 5] → [B, 120] → [B, 84] → [B, classes].
+    Max-pooling comes before each ReLU: the two commute (values and gradients alike), and pooling
+    first leaves a quarter of the values for the ReLU. The first convolution is ``conv.Conv2d``,
+    whose input gradient — the one every input-gradient regularizer needs — is fast on CPU.
     """
     c1, c2 = filters
     return nn.Sequential(
-        nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),
+        conv.Conv2d(in_channels, c1, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(c1, c2, 5), nn.MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(c2, 120, 5), nn.ReLU(), nn.Flatten(),
         nn.Linear(120, 84), nn.ReLU(), _head(head, 84),
         nn.Linear(84, classes),

@@ -47,6 +47,7 @@ class TrainConfig:
     regularizer: str | None = None
     weight: float = 0.0
     reg_options: dict = field(default_factory=dict)
+    separate_pass: bool = False         # penalty in its own forward pass (own dropout mask); see objective()
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -141,20 +142,23 @@ def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """One minibatch's training objective: (total, task loss, mean penalty or None).
 
-    DataGrad reuses the task loss's forward pass (x is made to require grad for it); the other
-    regularizers run their own forward pass, so dropout draws an independent mask, as in the
-    authors' code.
+    By default the penalty reuses the task loss's forward pass (one dropout mask for both, as the
+    authors' code did for DataGrad); ``cfg.separate_pass`` gives it a forward pass of its own, as
+    the authors' code did for SpectReg, FrobReg and JacReg (an independent dropout mask).
     """
     reg = regularizers.get(cfg.regularizer) if cfg.regularizer and cfg.weight > 0 else None
-    if reg is not None and reg.same_pass:
+    share = reg is not None and not cfg.separate_pass
+    if share and reg.input_grad:
         x = x.detach().requires_grad_(True)
     g = model(x)
     task = losses.get(cfg.loss)(g, y).mean()
     if reg is None:
         return task, task, None
     options = dict(cfg.reg_options)
-    if reg.same_pass:
-        options.update(logits=g, loss=cfg.loss)
+    if share:
+        options["logits"] = g
+    if reg.needs_loss:
+        options["loss"] = cfg.loss
     if reg.random:
         options["generator"] = generator
     penalty = reg.penalty(model, x, y, **options).mean()
@@ -217,6 +221,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     generator = torch.Generator().manual_seed(cfg.seed)    # batches, augmentation, random projections
     model = models.build(cfg.model, **cfg.model_options).to(device)
     opt = make_optimizer(cfg, model)
+    params = [p for p in model.parameters() if p.requires_grad]
     lr_mult = piecewise(cfg.iterations) if cfg.schedule == "piecewise" else (lambda it: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_mult)
     batches = datasets.batch_indices(len(data.x_train), cfg.batch_size, generator)
@@ -231,7 +236,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
         x = augment(data.x_train[idx], cfg.augment, generator)
         total, task, _ = objective(model, x, data.y_train[idx], cfg, generator)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        total.backward(inputs=params)   # parameters only: no gradient for the input batch
         opt.step()
         scheduler.step()
         window += total.detach()

@@ -60,6 +60,9 @@ def test_exact_regularizers_match_bruteforce(arch):
     Jp = _jacobian(lambda z: torch.softmax(model(z), 1), x)        # J_p, brute force
     _close(regularizers.frobreg(model, x, y), J.pow(2).sum((1, 2)))
     _close(regularizers.jacreg(model, x, y), Jp.pow(2).sum((1, 2)))
+    if not arch.startswith("lenet"):  # the vmap-batched path (CUDA's default), checked here on CPU
+        _close(regularizers.frobreg(model, x, y, vectorized=True), J.pow(2).sum((1, 2)))
+        _close(regularizers.jacreg(model, x, y, vectorized=True), Jp.pow(2).sum((1, 2)))
     # J_p = (diag p − p pᵀ) J_g, the identity the chapter derives
     _close(Jp, (torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)) @ J)
 
@@ -107,12 +110,16 @@ def test_datagrad_same_pass_equals_separate_pass():
     _close(regularizers.datagrad(model, xg, y, logits=model(xg)), regularizers.datagrad(model, x, y))
 
 
-def test_penalties_are_differentiable_in_parameters():
-    """The penalty's parameter gradient equals a finite difference (the double backward is right)."""
-    model, x, y = _setup("mlp")
-    for name in ("datagrad", "frobreg", "jacreg"):
+@pytest.mark.parametrize("arch", ["mlp", "lenet"])
+def test_penalties_are_differentiable_in_parameters(arch):
+    """The penalty's parameter gradient equals a finite difference (the double backward is right),
+    also through LeNet's first convolution, whose derivatives are hand-written (gradreg.conv)."""
+    model, x, y = _setup(arch)
+    for name in ("datagrad", "spectreg", "frobreg", "jacreg"):
         pen = regularizers.get(name).penalty
-        w = model[1].weight
+        if name == "spectreg":
+            pen = lambda m, x, y: regularizers.spectreg(m, x, y, r=torch.linspace(-1, 1, 10 if arch == "lenet" else 5, dtype=torch.float64))  # noqa: E731
+        w = model[0].weight if arch == "lenet" else model[1].weight
         (g,) = torch.autograd.grad(pen(model, x, y).sum(), w)
         d = torch.randn_like(w)
         eps = 1e-6
@@ -165,3 +172,9 @@ def test_registry_and_bad_names():
     model, x, y = _setup("mlp")
     with pytest.raises(GradregError, match="r has shape"):
         regularizers.spectreg(model, x, y, r=torch.ones(3, dtype=torch.float64))
+
+
+def test_vectorized_refuses_the_custom_convolution_on_cpu():
+    model, x, y = _setup("lenet")
+    with pytest.raises(GradregError, match="vectorized=True on CPU"):
+        regularizers.frobreg(model, x, y, vectorized=True)
