@@ -23,7 +23,7 @@ register(Experiment(
     cells={"plain": {}, "datagrad": {"regularizer": "datagrad", "weight": 50.0}},
     profiles={
         "smoke": Profile(1, {"iterations": 40, "n_train": 200, "n_test": 500, "eval_points": 200}),
-        "cpu": Profile(2, {"iterations": 3000}),
+        "cpu": Profile(3, {"iterations": 3000}),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
