@@ -26,9 +26,9 @@ PROFILES = ("smoke", "cpu", "paper")
 
 # Measured on the 2-core development CPU by `gradreg bench`-style timing (ms per plain step, batch 50),
 # and the cost of a regularized step relative to a plain one; used only for `gradreg list` estimates.
-STEP_MS_CPU = {"toy": 0.5, "lenet": 3.0, "lenettuned": 9.0, "mlp": 1.0, "cifar_resnet": 400.0}
-REG_COST = {None: 1.0, "datagrad": 2.5, "spectreg": 2.6, "onehot": 2.6, "random_onehot": 2.6,
-            "frobreg": 12.0, "jacreg": 12.0, "confidence": 1.4}
+STEP_MS_CPU = {"toy": 0.6, "lenet": 3.2, "lenettuned": 11.3, "mlp": 1.0, "cifar_resnet": 400.0}
+REG_COST = {None: 1.0, "datagrad": 2.25, "spectreg": 2.3, "onehot": 2.25, "random_onehot": 2.3,
+            "frobreg": 12.5, "jacreg": 12.5, "confidence": 1.1}
 
 
 @dataclass(frozen=True)

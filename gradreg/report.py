@@ -19,7 +19,12 @@ class Summary:
     n: int
 
     def __str__(self) -> str:
-        return f"{self.mean:.2f} ({self.std:.2f})" if self.n > 1 else f"{self.mean:.2f}"
+        return f"{_fmt(self.mean)} ({_fmt(self.std)})" if self.n > 1 else _fmt(self.mean)
+
+
+def _fmt(v: float) -> str:
+    """Two decimals for percentages and other large values, three significant digits for small ones."""
+    return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3g}"
 
 
 def summarise(records: list[Record], metric: str) -> dict[str, Summary]:

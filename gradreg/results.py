@@ -74,10 +74,12 @@ class Store:
         return {(r["cell"], r["seed"]) for r in self.records()}
 
     def add(self, record: Record) -> None:
-        """Append one finished run (replacing an older record of the same cell and seed), atomically."""
+        """Append one finished run (replacing an older record of the same cell and seed), atomically.
+
+        Records keep the order they were run in, which is the grid's order.
+        """
         key = (record["cell"], record["seed"])
         records = [r for r in self.records() if (r["cell"], r["seed"]) != key] + [record]
-        records.sort(key=lambda r: (r["cell"], r["seed"]))
         payload = {"experiment": self.experiment, "profile": self.profile, "records": records}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.profile}.", suffix=".tmp")

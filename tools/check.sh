@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-export MPLBACKEND=Agg PYTHONHASHSEED=0
+export PYTHONHASHSEED=0  # (no MPLBACKEND: notebooks need the inline backend to show figures)
 failed=()
 stage() {
   local name=$1; shift

@@ -1,0 +1,41 @@
+"""The notebook conventions (CONTRIBUTING.md) hold for every chapter."""
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def _code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_one_parameters_cell_of_literals_first(path):
+    cells = _code_cells(path)
+    tagged = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1 and cells[0] is tagged[0], "exactly one parameters cell, the first code cell"
+    for stmt in ast.parse("".join(tagged[0]["source"])).body:
+        assert isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant), ast.dump(stmt)
+    names = [t.id for s in ast.parse("".join(tagged[0]["source"])).body for t in s.targets]
+    assert "PROFILE" in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs_except_checked_cells(path):
+    for cell in _code_cells(path):
+        source = "".join(cell["source"]).lstrip()
+        if source.startswith(MARK):
+            assert cell["outputs"], "an nbval-checked cell needs its expected output committed"
+        else:
+            assert not cell["outputs"] and cell["execution_count"] is None, source[:60]
