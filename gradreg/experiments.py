@@ -110,12 +110,13 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     store = results_store.Store(name, profile, results_dir)
     done = store.done()
     todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
+    commit = results_store.git_commit()
     log(f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}")
     for i, (cell, seed, cfg) in enumerate(todo, 1):
         cfg = cfg.replace(device=device)
         out = train(cfg, data_dir=data_dir, progress=progress, extra_metrics=exp.extra_metrics)
         record = {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
-                  "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"])}
+                  "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"], commit)}
         store.add(record)
         shown = {k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}
         log(f"  [{i}/{len(todo)}] {cell} seed {seed}: {out['status']} in {out['train_seconds']:.1f}s {shown}")
