@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every check, stage by stage, each timed: unit tests, every notebook under papermill at the smoke
-# profile, nbval on the notebooks as committed, and the book built with -W (warnings are errors).
+# Every check, stage by stage, each timed: unit tests, `gradreg bench` (printed for the log), every
+# notebook under papermill at the smoke profile, nbval on the notebooks as committed, and the book
+# built with -W (warnings are errors).
 # Run through `make test`, which installs first. Exits non-zero if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,8 @@ nbval() {
 }
 
 stage pytest timeout 1800 $BIN/python -m pytest -q -p no:cacheprovider tests
+# informational, not a gate: each regularizer's step cost on this machine, for the CI log
+stage bench timeout 300 $BIN/gradreg bench --device cpu
 stage papermill papermill_smoke
 stage nbval nbval
 stage book book
