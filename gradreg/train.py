@@ -165,6 +165,7 @@ def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
     return task + cfg.weight * penalty, task, penalty
 
 
+@torch.enable_grad()  # usable inside torch.no_grad() too
 def input_grad_norms(model: nn.Module, x: Tensor, y: Tensor, loss: str, chunk: int = 1000) -> Tensor:
     """‖∂ℓ_i/∂x_i‖ for each point (model in whatever mode the caller set), in chunks: [N]."""
     out = []
@@ -182,7 +183,7 @@ def _loss_and_accuracy(model: nn.Module, x: Tensor, y: Tensor, loss: str, chunk:
     for i in range(0, len(x), chunk):
         g = model(x[i: i + chunk])
         total += losses.get(loss)(g, y[i: i + chunk]).sum().item()
-        if g.shape[1] > 1:
+        if loss == "cross_entropy":
             correct += (g.argmax(1) == y[i: i + chunk]).sum().item()
     out = {"loss": total / len(x)}
     if loss == "cross_entropy":
