@@ -7,13 +7,16 @@ optimizer update.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import models, regularizers
+from . import results as results_store
 from .train import TrainConfig, make_optimizer, objective, resolve_device
 
 INPUT_SHAPE = {"lenet": (1, 28, 28), "lenettuned": (1, 28, 28), "mlp": (1, 28, 28), "cifar_resnet": (3, 32, 32)}
@@ -76,3 +79,23 @@ def table(result: dict[str, Any]) -> str:
     for name, ratio in result["ratio"].items():
         lines.append(f"{name:<14}{1000 * result['seconds_per_step'][name]:>9.2f}{ratio:>9.2f}")
     return "\n".join(lines)
+
+
+def path(device: str = "cpu", results_dir: str | None = None) -> Path:
+    """Where a saved bench result for a device type lives: ``results/bench/<device>.json``."""
+    return Path(results_dir or results_store.default_dir()) / "bench" / f"{device}.json"
+
+
+def save(result: dict[str, Any], results_dir: str | None = None) -> Path:
+    """Store a bench result with its provenance (what the book's cost figure shows)."""
+    device = result["device"].split(":")[0]
+    out = path(device, results_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**result, "provenance": results_store.provenance(result["device"])}, indent=1))
+    return out
+
+
+def load(device: str = "cpu", results_dir: str | None = None) -> dict[str, Any] | None:
+    """The saved bench result for a device type, or None if ``gradreg bench --save`` never ran there."""
+    p = path(device, results_dir)
+    return json.loads(p.read_text()) if p.exists() else None

@@ -2,7 +2,7 @@
 
     gradreg list
     gradreg run EXPERIMENT --profile {smoke,cpu,paper} [--seeds N] [--device D] [--data-dir DIR]
-    gradreg bench [--json] [--model lenet] [--reps 7]
+    gradreg bench [--json] [--save] [--model lenet] [--reps 7]
     gradreg train key=value ...          e.g. gradreg train regularizer=datagrad weight=50 iterations=500
 
 Every user error (unknown name, bad value, missing data) ends in one line on stderr and exit status 2.
@@ -43,6 +43,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     result = bench_mod.bench(args.model, args.batch_size, args.reps, args.steps, args.device)
     print(bench_mod.table(result))
+    if args.save:
+        print(f"saved to {bench_mod.save(result, args.results_dir)}")
     if args.json:
         print(json.dumps(result["ratio"]))
 
@@ -86,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="step cost of each regularizer as a ratio to a plain step")
     b.add_argument("--json", action="store_true", help="also print the ratios as one JSON object (last line)")
+    b.add_argument("--save", action="store_true", help="store the result in results/bench/<device>.json")
+    b.add_argument("--results-dir", default=None)
     b.add_argument("--model", default="lenet")
     b.add_argument("--batch-size", type=int, default=50)
     b.add_argument("--reps", type=int, default=7)

@@ -115,6 +115,7 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     for i, (cell, seed, cfg) in enumerate(todo, 1):
         cfg = cfg.replace(device=device)
         out = train(cfg, data_dir=data_dir, progress=progress, extra_metrics=exp.extra_metrics)
+        out.pop("model")  # records hold numbers, not weights
         record = {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
                   "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"], commit)}
         store.add(record)

@@ -211,7 +211,7 @@ def evaluate(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig,
 def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: str | None = None,
           progress: bool = True,
           extra_metrics: Callable[[nn.Module, datasets.Dataset], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train one model as ``cfg`` says and return {status, metrics, history, times, device}.
+    """Train one model as ``cfg`` says and return {status, metrics, history, times, device, model}.
 
     ``data``: reuse already loaded tensors (else loaded from the config and ``data_dir``).
     ``extra_metrics(model, data)``: experiment-specific measurements added to the metrics.
@@ -258,4 +258,5 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     if status == "ok" and extra_metrics is not None:
         metrics.update(extra_metrics(model, data))
     return {"status": status, "metrics": metrics, "history": history, "iterations_done": history[-1][0],
-            "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start, "device": str(device)}
+            "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start, "device": str(device),
+            "model": model}

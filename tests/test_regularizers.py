@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import jacrev
 
-from gradreg import losses, models, regularizers
+from gradreg import jacobian, losses, models, regularizers
 from gradreg.errors import GradregError
 
 TOL = 1e-10
@@ -41,12 +41,6 @@ def _setup(arch: str, batch: int = 3, seed: int = 0):
     return model, x, y
 
 
-def _jacobian(fn, x: torch.Tensor) -> torch.Tensor:
-    """Per-example Jacobian [B, K, D] of a map applied to one example at a time."""
-    one = lambda xi: fn(xi.unsqueeze(0)).squeeze(0)  # noqa: E731
-    return torch.stack([jacrev(one)(xi).reshape(-1, xi.numel()) for xi in x])
-
-
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     err = (a - b).abs().max().item() / max(1.0, b.abs().max().item())
     assert err <= TOL, f"relative error {err:.3e}"
@@ -55,9 +49,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exact_regularizers_match_bruteforce(arch):
     model, x, y = _setup(arch)
-    J = _jacobian(model, x)                                        # J_g: [B, K, D]
+    J = jacobian.logits(model, x)                                        # J_g: [B, K, D]
     p = torch.softmax(model(x), 1)
-    Jp = _jacobian(lambda z: torch.softmax(model(z), 1), x)        # J_p, brute force
+    Jp = jacobian.probabilities(model, x)        # J_p, brute force
     _close(regularizers.frobreg(model, x, y), J.pow(2).sum((1, 2)))
     _close(regularizers.jacreg(model, x, y), Jp.pow(2).sum((1, 2)))
     if not arch.startswith("lenet"):  # the vmap-batched path (CUDA's default), checked here on CPU
@@ -70,7 +64,7 @@ def test_exact_regularizers_match_bruteforce(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_projections_match_bruteforce(arch):
     model, x, y = _setup(arch)
-    J = _jacobian(model, x)
+    J = jacobian.logits(model, x)
     K = J.shape[1]
     r = torch.randn(K, dtype=torch.float64)
     _close(regularizers.spectreg(model, x, y, r=r), (J.transpose(1, 2) @ r).pow(2).sum(1))
@@ -91,7 +85,7 @@ def test_projections_match_bruteforce(arch):
 
 def test_random_onehot_is_a_row_of_the_jacobian():
     model, x, y = _setup("mlp", batch=5)
-    J = _jacobian(model, x)
+    J = jacobian.logits(model, x)
     gen = torch.Generator().manual_seed(3)
     c = torch.randint(J.shape[1], (len(x),), generator=torch.Generator().manual_seed(3))
     expected = J[torch.arange(len(x)), c].pow(2).sum(1)
