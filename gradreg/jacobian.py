@@ -49,3 +49,28 @@ def rank(J: Tensor) -> Tensor:
 def dense_weights(model: nn.Module) -> list[Tensor]:
     """The weight matrices W_1 … W_L of a dense network's Linear layers, in order."""
     return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def example_models() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """Small instances of every architecture family, in eval mode, with their input shapes: the
+    networks on which the identities are checked (tests and the identities chapter).
+
+    BatchNorm layers get non-trivial running statistics, so eval mode is not the identity.
+    """
+    from . import models  # local: models imports nothing from here, keep the dependency one-way
+
+    nets = {
+        "mlp": (models.mlp(in_features=12, hidden=7, depth=2, classes=5), (12,)),
+        "lenet": (models.lenet("none", filters=(3, 4)), (1, 28, 28)),
+        "lenet + dropout (eval)": (models.lenet("dropout", filters=(3, 4)), (1, 28, 28)),
+        "lenet + BatchNorm (eval)": (models.lenet("batchnorm", filters=(3, 4)), (1, 28, 28)),
+        "residual net": (models.cifar_resnet(width=1, blocks=1, classes=6), (3, 8, 8)),
+        "toy (sin 5x)": (models.toy(hidden=8, depth=2), (1,)),
+    }
+    for net, _ in nets.values():
+        net.eval()
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return nets

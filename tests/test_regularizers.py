@@ -13,28 +13,13 @@ from gradreg.errors import GradregError
 TOL = 1e-10
 
 
-def _lenet(head: str) -> nn.Module:
-    return models.lenet(head, filters=(3, 4))
-
-
-ARCHS = {  # name -> (model factory, input shape); all in eval mode (no coupling between examples)
-    "mlp": (lambda: models.mlp(in_features=12, hidden=7, depth=2, classes=5), (12,)),
-    "lenet": (lambda: _lenet("none"), (1, 28, 28)),
-    "lenet-dropout-eval": (lambda: _lenet("dropout"), (1, 28, 28)),
-    "lenet-bn-eval": (lambda: _lenet("batchnorm"), (1, 28, 28)),
-    "resnet": (lambda: models.cifar_resnet(width=1, blocks=1, classes=6), (3, 8, 8)),
-    "toy": (lambda: models.toy(hidden=8, depth=2), (1,)),
-}
+ARCHS = list(jacobian.example_models())
 
 
 def _setup(arch: str, batch: int = 3, seed: int = 0):
     torch.manual_seed(seed)
-    factory, shape = ARCHS[arch]
-    model = factory().double().eval()
-    for m in model.modules():  # non-trivial BatchNorm statistics, so eval mode is not the identity
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    model, shape = jacobian.example_models()[arch]
+    model = model.double()
     x = torch.randn(batch, *shape, dtype=torch.float64)
     k = model(x).shape[1]
     y = torch.randint(k, (batch,))
@@ -54,7 +39,7 @@ def test_exact_regularizers_match_bruteforce(arch):
     Jp = jacobian.probabilities(model, x)        # J_p, brute force
     _close(regularizers.frobreg(model, x, y), J.pow(2).sum((1, 2)))
     _close(regularizers.jacreg(model, x, y), Jp.pow(2).sum((1, 2)))
-    if not arch.startswith("lenet"):  # the vmap-batched path (CUDA's default), checked here on CPU
+    if "lenet" not in arch:  # the vmap-batched path (CUDA's default), checked here on CPU
         _close(regularizers.frobreg(model, x, y, vectorized=True), J.pow(2).sum((1, 2)))
         _close(regularizers.jacreg(model, x, y, vectorized=True), Jp.pow(2).sum((1, 2)))
     # J_p = (diag p − p pᵀ) J_g, the identity the chapter derives
@@ -72,12 +57,12 @@ def test_projections_match_bruteforce(arch):
            (J.transpose(1, 2) @ (r / r.norm())).pow(2).sum(1))
     e_y = F.one_hot(y, K).double()
     _close(regularizers.onehot(model, x, y), (J.transpose(1, 2) @ e_y.unsqueeze(2)).pow(2).sum((1, 2)))
-    if arch != "toy":  # DataGrad for cross-entropy is the projection on p − y
+    if not arch.startswith("toy"):  # DataGrad for cross-entropy is the projection on p − y
         residual = (torch.softmax(model(x), 1) - e_y).unsqueeze(2)
         _close(regularizers.datagrad(model, x, y), (J.transpose(1, 2) @ residual).pow(2).sum((1, 2)))
     # and, for any loss, it is the squared norm of the per-example loss gradient
-    loss = "squared_error" if arch == "toy" else "cross_entropy"
-    target = torch.randn(len(x), 1, dtype=torch.float64) if arch == "toy" else y
+    loss = "squared_error" if arch.startswith("toy") else "cross_entropy"
+    target = torch.randn(len(x), 1, dtype=torch.float64) if arch.startswith("toy") else y
     G = torch.stack([jacrev(lambda xi: losses.get(loss)(model(xi[None]), t[None])[0])(xi)
                      for xi, t in zip(x, target)])
     _close(regularizers.datagrad(model, x, target, loss=loss), G.flatten(1).pow(2).sum(1))
