@@ -57,3 +57,13 @@ def missing_note(name: str, profile: str, results_dir: str | None = None) -> str
     return (f"{len(todo)} of {total} runs of `{name}` at profile `{profile}` have no stored result yet. "
             f"Produce them with:\n\n    {experiments.command(name, profile)}\n\n"
             "(finished runs are kept, so the command can be interrupted and rerun).")
+
+
+def rows_table(rows: list[dict[str, object]]) -> str:
+    """A Markdown table from a list of dicts with the same keys (floats shown to 3 significant digits)."""
+    def cell(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(cell(r[h]) for h in header) + " |" for r in rows]
+    return "\n".join(lines)
