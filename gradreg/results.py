@@ -88,4 +88,5 @@ class Store:
             json.dump(payload, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are shared files
         os.replace(tmp, self.path)
