@@ -67,7 +67,7 @@ SIN5X_WEIGHTS = {"spectreg": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0],
                  "datagrad": [1e-4, 1e-3, 1e-2, 1e-1, 0.2, 0.5, 1.0, 10.0]}
 
 
-def _slope(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def slope(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """|f′(x)| of a 1-D → 1-D network at each point: [N, 1] -> [N]."""
     x = x.detach().requires_grad_(True)
     (d,) = torch.autograd.grad(model(x).sum(), x)
@@ -80,9 +80,9 @@ def sin5x_metrics(model: nn.Module, data: Dataset) -> dict[str, Any]:
     model.eval()
     gen = torch.Generator().manual_seed(0)
     noisy = data.x_train + 0.2 * torch.randn(data.x_train.shape, generator=gen).to(data.x_train)
-    slopes = {name: _slope(model, x).mean().item()
+    slopes = {name: slope(model, x).mean().item()
               for name, x in (("train", data.x_train), ("grid", data.x_test), ("noisy", noisy))}
-    grid = torch.linspace(-1, 1, 101, device=data.x_train.device).unsqueeze(1)
+    grid = torch.linspace(-1, 1, 101, device=data.x_train.device, dtype=data.x_train.dtype).unsqueeze(1)
     with torch.no_grad():
         curve = model(grid).flatten().tolist()
     return {**{f"slope_{k}": v for k, v in slopes.items()},
