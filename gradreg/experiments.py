@@ -126,15 +126,18 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
 
 def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str | None = None,
          **run_options: Any) -> list[results_store.Record]:
-    """The stored records of an experiment, training the missing runs first if ``run_missing``.
+    """The stored records of an experiment in grid order, training the missing runs first if ``run_missing``.
 
     Chapters call this: at ``smoke`` they train (seconds); at ``cpu``/``paper`` they show what is
     committed and, where runs are missing, the command that produces them.
     """
-    get(name).profile(profile)
+    exp = get(name)
+    exp.profile(profile)
     if run_missing and missing(name, profile, results_dir):
         run(name, profile, results_dir=results_dir, **run_options)
-    return results_store.Store(name, profile, results_dir).records()
+    order = {cell: i for i, cell in enumerate(exp.cells)}
+    records = results_store.Store(name, profile, results_dir).records()
+    return sorted(records, key=lambda r: (order.get(r["cell"], len(order)), r["seed"]))  # grid order
 
 
 # ---------------------------------------------------------------- the experiments
