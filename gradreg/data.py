@@ -50,9 +50,12 @@ class Dataset:
     y_test: Tensor
     classes: int | None
 
-    def to(self, device: torch.device | str) -> "Dataset":
-        return Dataset(self.name, *(t.to(device) for t in
-                                    (self.x_train, self.y_train, self.x_test, self.y_test)), self.classes)
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Dataset":
+        """The same data on another device and/or floating dtype (integer labels stay integers)."""
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+        return Dataset(self.name, *(move(t) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
+                       self.classes)
 
 
 # ---------------------------------------------------------------- where the files are
