@@ -26,7 +26,7 @@ def test_fast_conv_matches_library_conv_to_third_order(c_in, c_out, k, pad):
         g3 = torch.autograd.grad(g2[1].pow(2).sum(), m.weight)                # third order
         return [y, gx, *g2, *g3]
 
-    for a, b in zip(derivatives(ref), derivatives(fast)):
+    for a, b in zip(derivatives(ref), derivatives(fast), strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 

@@ -63,8 +63,8 @@ def test_projections_match_bruteforce(arch):
     # and, for any loss, it is the squared norm of the per-example loss gradient
     loss = "squared_error" if arch.startswith("toy") else "cross_entropy"
     target = torch.randn(len(x), 1, dtype=torch.float64) if arch.startswith("toy") else y
-    G = torch.stack([jacrev(lambda xi: losses.get(loss)(model(xi[None]), t[None])[0])(xi)
-                     for xi, t in zip(x, target)])
+    G = torch.stack([jacrev(lambda xi, t=t: losses.get(loss)(model(xi[None]), t[None])[0])(xi)
+                     for xi, t in zip(x, target, strict=True)])
     _close(regularizers.datagrad(model, x, target, loss=loss), G.flatten(1).pow(2).sum(1))
 
 
@@ -128,7 +128,7 @@ def test_train_mode_batchnorm_couples_examples():
     Jsum = jacrev(lambda z: model(z).sum(0))(x)                                    # [K, B, D]
     _close(regularizers.frobreg(model, x, y), Jsum.pow(2).sum((0, 2)))
     # the decoupled per-example Jacobian (example i's own loss only) is a different quantity
-    own = torch.stack([jacrev(lambda z: F.cross_entropy(model(z), y, reduction="none")[i])(x)[i]
+    own = torch.stack([jacrev(lambda z, i=i: F.cross_entropy(model(z), y, reduction="none")[i])(x)[i]
                        for i in range(4)])
     assert (own.pow(2).sum(1) - G.pow(2).sum(1)).abs().max() > 1e-6
 
