@@ -64,6 +64,10 @@ class TrainConfig:
     eval_points: int | None = 2000      # cap on points used for the gradient-norm metrics
 
     def __post_init__(self) -> None:
+        for name in ("lr", "momentum", "weight_decay", "noise_sigma", "weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise GradregError(f"{name} must be a number, got {value!r}")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("augment", self.augment, AUGMENTATIONS)
@@ -71,7 +75,7 @@ class TrainConfig:
         losses.get(self.loss)
         if self.regularizer is not None:
             regularizers.get(self.regularizer)
-        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight >= 0):
+        if not (math.isfinite(self.weight) and self.weight >= 0):
             raise GradregError(f"regularizer weight must be a finite number >= 0, got {self.weight!r}")
         for name in ("iterations", "batch_size", "log_every"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):

@@ -18,6 +18,7 @@ def gradreg(*args: str) -> subprocess.CompletedProcess:
     (["train", "regularizer=gradnorm"], "unknown regularizer 'gradnorm'"),
     (["train", "regularizer=datagrad", "weight=-1"], "weight must be a finite number >= 0"),
     (["train", "learning_rate=0.1"], "unknown config key 'learning_rate'"),
+    (["train", "lr=fast"], "lr must be a number, got 'fast'"),
     (["run", "mnist-table1", "--profile", "smoke", "--data-dir", "/nonexistent/data"],
      "data directory /nonexistent/data (from --data-dir) does not exist"),
 ])
