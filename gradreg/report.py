@@ -40,12 +40,10 @@ def summarise(records: list[Record], metric: str) -> dict[str, Summary]:
 def markdown_table(records: list[Record], metrics: dict[str, str]) -> str:
     """A Markdown table, one row per cell, one "mean (std)" column per metric ({metric: header})."""
     summaries = {m: summarise(records, m) for m in metrics}
-    cells = list(next(iter(summaries.values())))
-    lines = ["| cell | seeds | " + " | ".join(metrics.values()) + " |", "|---" * (len(metrics) + 2) + "|"]
-    for cell in cells:
-        n = summaries[next(iter(metrics))][cell].n
-        lines.append(f"| {cell} | {n} | " + " | ".join(str(summaries[m][cell]) for m in metrics) + " |")
-    return "\n".join(lines)
+    first = summaries[next(iter(metrics))]
+    return rows_table([{"cell": cell, "seeds": first[cell].n,
+                        **{header: str(summaries[m][cell]) for m, header in metrics.items()}}
+                       for cell in first])
 
 
 def missing_note(name: str, profile: str, results_dir: str | None = None) -> str | None:
