@@ -17,7 +17,9 @@ import torch
 
 from . import models, regularizers
 from . import results as results_store
-from .train import TrainConfig, make_optimizer, objective, resolve_device
+from .errors import GradregError
+from .train import TrainConfig, make_optimizer, resolve_device
+from .train import step as train_step
 
 INPUT_SHAPE = {"lenet": (1, 28, 28), "lenettuned": (1, 28, 28), "mlp": (1, 28, 28), "cifar_resnet": (3, 32, 32)}
 
@@ -29,20 +31,14 @@ def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
     opt = make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(0)
     params = list(model.parameters())
-
-    def step() -> None:
-        total, _, _ = objective(model, x, y, cfg, gen)
-        opt.zero_grad(set_to_none=True)
-        total.backward(inputs=params)
-        opt.step()
-    return step
+    return lambda: train_step(model, opt, params, x, y, cfg, gen)
 
 
 def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int = 10,
           device: str = "auto", names: list[str] | None = None) -> dict[str, Any]:
     """Median seconds per step of a plain step and of each regularizer's step, and their ratios."""
     if model not in INPUT_SHAPE:
-        raise regularizers.GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
+        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
     dev = resolve_device(device)
     names = names or regularizers.names()
     gen = torch.Generator().manual_seed(0)
@@ -52,15 +48,15 @@ def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int 
     variants = {"plain": _stepper(base, x, y)}
     variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for step in variants.values():  # warm-up
-        step()
+    for run_step in variants.values():  # warm-up
+        run_step()
     for _ in range(reps):
-        for name, step in variants.items():
+        for name, run_step in variants.items():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(steps):
-                step()
+                run_step()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t0) / steps)

@@ -169,6 +169,16 @@ def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
     return task + cfg.weight * penalty, task, penalty
 
 
+def step(model: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor], x: Tensor, y: Tensor,
+         cfg: TrainConfig, generator: torch.Generator | None = None) -> Tensor:
+    """One optimizer step on a minibatch; returns the (detached) objective it minimised."""
+    total, _, _ = objective(model, x, y, cfg, generator)
+    opt.zero_grad(set_to_none=True)
+    total.backward(inputs=params)   # parameters only: no gradient for the input batch
+    opt.step()
+    return total.detach()
+
+
 @torch.enable_grad()  # usable inside torch.no_grad() too
 def input_grad_norms(model: nn.Module, x: Tensor, y: Tensor, loss: str, chunk: int = 1000) -> Tensor:
     """‖∂ℓ_i/∂x_i‖ for each point (model in whatever mode the caller set), in chunks: [N]."""
@@ -239,12 +249,8 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
         model.train()
         idx = next(batches).to(device)
         x = augment(data.x_train[idx], cfg.augment, generator)
-        total, task, _ = objective(model, x, data.y_train[idx], cfg, generator)
-        opt.zero_grad(set_to_none=True)
-        total.backward(inputs=params)   # parameters only: no gradient for the input batch
-        opt.step()
+        window += step(model, opt, params, x, data.y_train[idx], cfg, generator)
         scheduler.step()
-        window += total.detach()
         if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
             mean_loss = window.item() / ((it % cfg.log_every) + 1)  # one host sync per window
             history.append((it + 1, mean_loss))
