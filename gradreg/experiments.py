@@ -32,10 +32,12 @@ REG_COST = {None: 1.0, "datagrad": 2.25, "spectreg": 2.3, "onehot": 2.25, "rando
 
 @dataclass(frozen=True)
 class Profile:
-    """How big a run of the grid is: number of seeds and overrides applied to every cell."""
+    """How big a run of the grid is: number of seeds, overrides applied to every cell, and
+    optionally which cells to run (a subset of the experiment's, for grids too big for a CPU)."""
 
     seeds: int
     overrides: dict[str, Any] = field(default_factory=dict)
+    cells: tuple[str, ...] | None = None         # None: every cell of the experiment
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,12 @@ class Experiment:
     profiles: dict[str, Profile]
     extra_metrics: Callable[[nn.Module, Dataset], dict[str, Any]] | None = None
 
+    def __post_init__(self) -> None:
+        for name, prof in self.profiles.items():
+            unknown = set(prof.cells or ()) - set(self.cells)
+            if unknown:
+                raise GradregError(f"{self.name} profile {name!r} names unknown cells: {', '.join(sorted(unknown))}")
+
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
             raise GradregError(f"unknown profile {name!r} for {self.name}; known: {', '.join(self.profiles)}")
@@ -61,8 +69,9 @@ class Experiment:
         n = prof.seeds if seeds is None else seeds
         if n < 1:
             raise GradregError(f"--seeds must be at least 1, got {n}")
+        cells = {c: o for c, o in self.cells.items() if prof.cells is None or c in prof.cells}
         return [(cell, seed, self.base.replace(**{**overrides, **prof.overrides, "seed": seed}))
-                for cell, overrides in self.cells.items() for seed in range(n)]
+                for cell, overrides in cells.items() for seed in range(n)]
 
     def estimated_cpu_seconds(self, profile: str) -> float:
         """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost, summed."""

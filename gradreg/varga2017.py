@@ -110,3 +110,87 @@ register(Experiment(
     },
     extra_metrics=sin5x_metrics,
 ))
+
+# ---------------------------------------------------------------- E2: the training-size sweep
+
+SIZES = (500, 1000, 2000, 3000, 5000, 10000, 15000, 20000)
+# Per-size weights from the authors' E2 grid. Confidence: their β multiplies a batch *sum* of
+# negative entropies; our penalty is a per-example mean, so the same strength is β · batch (50).
+# FrobReg and JacReg: their script ran JacReg with SpectReg's values (apparently a slip), and no
+# per-size FrobReg values exist, so both use their E3 weights at every size (FrobReg 0.03, JacReg 1).
+SIZE_WEIGHTS: dict[str, tuple[float, ...]] = {
+    "datagrad": (50, 50, 50, 20, 20, 5, 2, 2),
+    "spectreg": (0.03, 0.03, 0.03, 0.03, 0.003, 0.01, 0.01, 0.001),
+    "confidence": tuple(50 * b for b in (0.01, 0.01, 0.01, 0.01, 0.1, 0.1, 0.01, 0.03)),
+    "frobreg": (0.03,) * len(SIZES),
+    "jacreg": (1.0,) * len(SIZES),
+}
+SIZE_METHODS = ("baseline", "confidence", "jacreg", "frobreg", "spectreg", "datagrad")
+
+
+def _size_cells() -> dict[str, dict[str, Any]]:
+    cells: dict[str, dict[str, Any]] = {}
+    for i, n in enumerate(SIZES):
+        for method in SIZE_METHODS:
+            reg = {} if method == "baseline" else {"regularizer": method, "weight": float(SIZE_WEIGHTS[method][i])}
+            cells[f"n{n}/{method}"] = {"n_train": n, **reg}
+    return cells
+
+
+def _cells_at(sizes: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple(f"n{n}/{m}" for n in sizes for m in SIZE_METHODS)
+
+
+register(Experiment(
+    name="mnist-sizes",
+    title="MNIST training-set size sweep: accuracy against N for six regularizers",
+    source="Varga et al., Figure 1 left (E2)",
+    base=TrainConfig(model="lenet", model_options={"head": "dropout"}, iterations=10000),
+    cells=_size_cells(),
+    profiles={
+        "smoke": Profile(1, {"iterations": 10, "n_test": 500, "eval_points": 200}, _cells_at((500, 1000))),
+        # 4 of the 8 sizes × 2 seeds × 3,000 iterations ≈ 50 min on 2 CPU cores (FrobReg and JacReg
+        # cost ~12 plain steps each and dominate)
+        "cpu": Profile(2, {"iterations": 3000}, _cells_at((500, 2000, 5000, 20000))),
+        "paper": Profile(10, {"iterations": 10000}),
+    },
+))
+
+# ---------------------------------------------------------------- E3: the regularizer family
+
+FAMILY_WEIGHTS = {"datagrad": 50.0, "onehot": 0.3, "random_onehot": 0.3, "spectreg": 0.03,
+                  "jacreg": 1.0, "frobreg": 0.03}
+
+register(Experiment(
+    name="mnist-family",
+    title="MNIST, N = 2000: the family of Jacobian projections side by side",
+    source="Varga et al., authors' code (E3; not in the extended abstract)",
+    base=TrainConfig(model="lenet", n_train=2000, iterations=10000),
+    cells={"nogr": {}, **{reg: {"regularizer": reg, "weight": w} for reg, w in FAMILY_WEIGHTS.items()}},
+    profiles={
+        "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200}),
+        # 7 cells × 3 seeds × 4,000 iterations ≈ 25 min on 2 CPU cores
+        "cpu": Profile(3, {"iterations": 4000}),
+        "paper": Profile(10, {"iterations": 10000}),
+    },
+))
+
+# ---------------------------------------------------------------- E5: weight decay × DataGrad
+
+WD_GRID = (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1)
+DATAGRAD_GRID = (0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+register(Experiment(
+    name="mnist-wd-grid",
+    title="MNIST, N = 2000: weight decay × DataGrad weight",
+    source="Varga et al., authors' code (E5); the paper's remark on weight decay and gradient regularization",
+    base=TrainConfig(model="lenet", n_train=2000, regularizer="datagrad", iterations=10000),
+    cells={f"wd{wd:g}/dg{d:g}": {"weight_decay": wd, "weight": d} for wd in WD_GRID for d in DATAGRAD_GRID},
+    profiles={
+        "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200},
+                         ("wd0/dg0", "wd0/dg10", "wd0.1/dg0", "wd0.1/dg10")),
+        # all 72 cells × 2 seeds × 2,000 iterations ≈ 40 min on 2 CPU cores
+        "cpu": Profile(2, {"iterations": 2000}),
+        "paper": Profile(10, {"iterations": 10000}),
+    },
+))
