@@ -18,6 +18,7 @@ import torch
 from . import models, regularizers
 from . import results as results_store
 from .errors import GradregError
+from .seeds import SeedStack
 from .train import TrainConfig, make_optimizer, resolve_device
 from .train import step as train_step
 
@@ -34,19 +35,8 @@ def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
     return lambda: train_step(model, opt, params, x, y, cfg, gen)
 
 
-def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int = 10,
-          device: str = "auto", names: list[str] | None = None) -> dict[str, Any]:
-    """Median seconds per step of a plain step and of each regularizer's step, and their ratios."""
-    if model not in INPUT_SHAPE:
-        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
-    dev = resolve_device(device)
-    names = names or regularizers.names()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *INPUT_SHAPE[model], generator=gen).to(dev)
-    y = torch.randint(10, (batch_size,), generator=gen).to(dev)
-    base = TrainConfig(model=model)
-    variants = {"plain": _stepper(base, x, y)}
-    variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
+def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torch.device) -> dict[str, float]:
+    """Median seconds per call of each variant, timed round-robin after one warm-up call each."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     for run_step in variants.values():  # warm-up
         run_step()
@@ -60,10 +50,53 @@ def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int 
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t0) / steps)
-    median = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int = 10,
+          device: str = "auto", names: list[str] | None = None) -> dict[str, Any]:
+    """Median seconds per step of a plain step and of each regularizer's step, and their ratios."""
+    if model not in INPUT_SHAPE:
+        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
+    dev = resolve_device(device)
+    names = names or regularizers.names()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *INPUT_SHAPE[model], generator=gen).to(dev)
+    y = torch.randint(10, (batch_size,), generator=gen).to(dev)
+    base = TrainConfig(model=model)
+    variants = {"plain": _stepper(base, x, y)}
+    variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
+    median = _time_interleaved(variants, reps, steps, dev)
     return {"model": model, "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
             "reps": reps, "steps": steps, "torch": torch.__version__,
             "seconds_per_step": median, "ratio": {k: median[k] / median["plain"] for k in names}}
+
+
+def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", seeds: int = 4,
+                  batch_size: int = 50, reps: int = 5, steps: int = 5, device: str = "auto") -> dict[str, Any]:
+    """Seconds to advance ``seeds`` models by one step: one at a time against one ``SeedStack`` step.
+
+    Timed interleaved in one process, like ``bench``; ``speedup`` = one-at-a-time / stacked.
+    """
+    if model not in INPUT_SHAPE:
+        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
+    if seeds < 1:
+        raise GradregError(f"seeds must be at least 1, got {seeds}")
+    dev = resolve_device(device)
+    cfg = TrainConfig(model=model, regularizer=regularizer, weight=0.01 if regularizer else 0.0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(seeds * batch_size, *INPUT_SHAPE[model], generator=gen).to(dev)
+    y = torch.randint(10, (seeds * batch_size,), generator=gen).to(dev)
+    singles = [_stepper(cfg, x[s * batch_size: (s + 1) * batch_size], y[s * batch_size: (s + 1) * batch_size])
+               for s in range(seeds)]
+    stack = SeedStack([models.build(model).to(dev) for _ in range(seeds)])
+    opt, params = make_optimizer(cfg, stack.stacked), list(stack.parameters())
+    variants = {"one_at_a_time": lambda: [one() for one in singles],
+                "stacked": lambda: train_step(stack, opt, params, x, y, cfg, gen, scale=seeds)}
+    median = _time_interleaved(variants, reps, steps, dev)
+    return {"model": model, "regularizer": regularizer, "seeds": seeds, "batch_size": batch_size,
+            "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "seconds_per_step": median, "speedup": median["one_at_a_time"] / median["stacked"]}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -77,21 +110,22 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def path(device: str = "cpu", results_dir: str | None = None) -> Path:
-    """Where a saved bench result for a device type lives: ``results/bench/<device>.json``."""
-    return Path(results_dir or results_store.default_dir()) / "bench" / f"{device}.json"
+def path(device: str = "cpu", results_dir: str | None = None, kind: str = "") -> Path:
+    """Where a saved bench result lives: ``results/bench/<device>.json`` (regularizer costs) or
+    ``results/bench/<kind>-<device>.json`` (``kind="seeds"``: seed batching)."""
+    return Path(results_dir or results_store.default_dir()) / "bench" / f"{kind + '-' if kind else ''}{device}.json"
 
 
-def save(result: dict[str, Any], results_dir: str | None = None) -> Path:
+def save(result: dict[str, Any], results_dir: str | None = None, kind: str = "") -> Path:
     """Store a bench result with its provenance (what the book's cost figure shows)."""
     device = result["device"].split(":")[0]
-    out = path(device, results_dir)
+    out = path(device, results_dir, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result, "provenance": results_store.provenance(result["device"])}, indent=1))
     return out
 
 
-def load(device: str = "cpu", results_dir: str | None = None) -> dict[str, Any] | None:
+def load(device: str = "cpu", results_dir: str | None = None, kind: str = "") -> dict[str, Any] | None:
     """The saved bench result for a device type, or None if ``gradreg bench --save`` never ran there."""
-    p = path(device, results_dir)
+    p = path(device, results_dir, kind)
     return json.loads(p.read_text()) if p.exists() else None

@@ -1,8 +1,8 @@
 """The ``gradreg`` command: list, run and bench experiments, or train one config.
 
     gradreg list
-    gradreg run EXPERIMENT --profile {smoke,cpu,paper} [--seeds N] [--device D] [--data-dir DIR]
-    gradreg bench [--json] [--save] [--model lenet] [--reps 7]
+    gradreg run EXPERIMENT --profile {smoke,cpu,paper} [--seeds N] [--device D] [--data-dir DIR] [--batch-seeds]
+    gradreg bench [--json] [--save] [--model lenet] [--reps 7] [--seed-batch S [--regularizer R]]
     gradreg train key=value ...          e.g. gradreg train regularizer=datagrad weight=50 iterations=500
 
 Every user error (unknown name, bad value, missing data) ends in one line on stderr and exit status 2.
@@ -37,10 +37,20 @@ def _cmd_run(args: argparse.Namespace) -> None:
     overrides = exp.profile(args.profile).overrides
     print(f"{exp.title}\nsource: {exp.source}\nbase config: {exp.base.replace(**overrides, device=args.device)}")
     experiments.run(args.experiment, args.profile, seeds=args.seeds, device=args.device,
-                    data_dir=args.data_dir, results_dir=args.results_dir, progress=not args.no_progress)
+                    data_dir=args.data_dir, results_dir=args.results_dir, progress=not args.no_progress,
+                    batch_seeds=args.batch_seeds)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
+    if args.seed_batch:
+        result = bench_mod.seed_batching(args.model, args.regularizer, args.seed_batch, args.batch_size,
+                                         args.reps, args.steps, args.device)
+        ms = {k: f"{1000 * v:.1f} ms" for k, v in result["seconds_per_step"].items()}
+        print(f"{args.seed_batch} × {args.model} ({args.regularizer or 'plain'}, batch {args.batch_size}) on "
+              f"{result['device']}, {result['threads']} threads: {ms}; stacked is {result['speedup']:.2f}× faster")
+        if args.save:
+            print(f"saved to {bench_mod.save(result, args.results_dir, kind='seeds')}")
+        return
     result = bench_mod.bench(args.model, args.batch_size, args.reps, args.steps, args.device)
     print(bench_mod.table(result))
     if args.save:
@@ -84,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: $GRADREG_DATA)")
     run.add_argument("--results-dir", default=None, help="default: $GRADREG_RESULTS or the checkout's results/")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--batch-seeds", action=argparse.BooleanOptionalAction, default=None,
+                     help="train each cell's seeds together as one stacked model (default: on CUDA only)")
     run.set_defaults(fn=_cmd_run)
 
     b = sub.add_parser("bench", help="step cost of each regularizer as a ratio to a plain step")
@@ -95,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=int, default=7)
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--seed-batch", type=int, default=0, metavar="S",
+                   help="instead: time S seeds stepped one at a time against one stacked step")
+    b.add_argument("--regularizer", default="datagrad", help="with --seed-batch (default: datagrad)")
     b.set_defaults(fn=_cmd_bench)
 
     t = sub.add_parser("train", help="train one config given as key=value overrides of TrainConfig")

@@ -12,14 +12,15 @@ record as soon as it finishes, so an interrupted grid resumes where it stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
 from . import results as results_store
 from .data import Dataset
 from .errors import GradregError
-from .train import TrainConfig, train
+from .seeds import train_seeds
+from .train import TrainConfig, resolve_device, train
 
 PROFILES = ("smoke", "cpu", "paper")
 
@@ -108,21 +109,24 @@ def missing(name: str, profile: str, results_dir: str | None = None) -> list[tup
 
 def run(name: str, profile: str, *, seeds: int | None = None, device: str = "auto",
         data_dir: str | None = None, results_dir: str | None = None, progress: bool = True,
-        log: Callable[[str], None] = print) -> list[results_store.Record]:
+        batch_seeds: bool | None = None, log: Callable[[str], None] = print) -> list[results_store.Record]:
     """Train every (cell, seed) of the grid not yet stored, storing each record as it finishes.
 
-    Returns all records of the (experiment, profile) afterwards.
+    ``batch_seeds``: train a cell's missing seeds together as one stacked model (``gradreg.seeds``);
+    default: on CUDA, where it pays. A stack is stored when it finishes, so an interrupted run
+    loses at most the cell in progress. Returns all records of the (experiment, profile) afterwards.
     """
     exp = get(name)
     grid = exp.configs(profile, seeds)
     store = results_store.Store(name, profile, results_dir)
     done = store.done()
-    todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
+    todo = [(c, s, cfg.replace(device=device)) for c, s, cfg in grid if (c, s) not in done]
+    if batch_seeds is None:
+        batch_seeds = resolve_device(device).type == "cuda"
     commit = results_store.git_commit()
-    log(f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}")
-    for i, (cell, seed, cfg) in enumerate(todo, 1):
-        cfg = cfg.replace(device=device)
-        out = train(cfg, data_dir=data_dir, progress=progress, extra_metrics=exp.extra_metrics)
+    log(f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}"
+        + (" (seeds batched per cell)" if batch_seeds else ""))
+    for i, (cell, seed, cfg, out) in enumerate(_train_all(exp, todo, batch_seeds, data_dir, progress), 1):
         out.pop("model")  # records hold numbers, not weights
         record = {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
                   "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"], commit)}
@@ -130,6 +134,23 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
         shown = {k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}
         log(f"  [{i}/{len(todo)}] {cell} seed {seed}: {out['status']} in {out['train_seconds']:.1f}s {shown}")
     return store.records()
+
+
+def _train_all(exp: Experiment, todo: list[tuple[str, int, TrainConfig]], batch_seeds: bool,
+               data_dir: str | None, progress: bool) -> Iterator[tuple[str, int, TrainConfig, dict[str, Any]]]:
+    """(cell, seed, config, result) for each run of ``todo``: one at a time, or a cell's seeds at once."""
+    if not batch_seeds:
+        for cell, seed, cfg in todo:
+            yield cell, seed, cfg, train(cfg, data_dir=data_dir, progress=progress, extra_metrics=exp.extra_metrics)
+        return
+    by_cell: dict[str, list[tuple[int, TrainConfig]]] = {}
+    for cell, seed, cfg in todo:
+        by_cell.setdefault(cell, []).append((seed, cfg))
+    for cell, runs in by_cell.items():
+        outs = train_seeds(runs[0][1], [s for s, _ in runs], data_dir=data_dir, progress=progress,
+                           extra_metrics=exp.extra_metrics)
+        for (seed, cfg), out in zip(runs, outs):
+            yield cell, seed, cfg, out
 
 
 def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str | None = None,

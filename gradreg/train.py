@@ -143,12 +143,14 @@ def augment(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
 
 
 def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
-              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+              generator: torch.Generator | None = None,
+              reg_options: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """One minibatch's training objective: (total, task loss, mean penalty or None).
 
     By default the penalty reuses the task loss's forward pass (one dropout mask for both, as the
     authors' code did for DataGrad); ``cfg.separate_pass`` gives it a forward pass of its own, as
     the authors' code did for SpectReg, FrobReg and JacReg (an independent dropout mask).
+    ``reg_options``: per-step penalty options on top of ``cfg.reg_options`` (e.g. SpectReg's ``r``).
     """
     reg = regularizers.get(cfg.regularizer) if cfg.regularizer and cfg.weight > 0 else None
     share = reg is not None and not cfg.separate_pass
@@ -158,7 +160,7 @@ def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
     task = losses.get(cfg.loss)(g, y).mean()
     if reg is None:
         return task, task, None
-    options = dict(cfg.reg_options)
+    options = {**cfg.reg_options, **(reg_options or {})}
     if share:
         options["logits"] = g
     if reg.needs_loss:
@@ -170,11 +172,16 @@ def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
 
 
 def step(model: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor], x: Tensor, y: Tensor,
-         cfg: TrainConfig, generator: torch.Generator | None = None) -> Tensor:
-    """One optimizer step on a minibatch; returns the (detached) objective it minimised."""
-    total, _, _ = objective(model, x, y, cfg, generator)
+         cfg: TrainConfig, generator: torch.Generator | None = None, *, scale: float = 1.0,
+         reg_options: dict[str, Any] | None = None) -> Tensor:
+    """One optimizer step on a minibatch; returns the (detached) objective it minimised.
+
+    ``scale`` multiplies the objective before differentiating (a ``seeds.SeedStack`` of S members
+    uses S, so each member gets the gradient of its own objective); ``reg_options`` go to the penalty.
+    """
+    total, _, _ = objective(model, x, y, cfg, generator, reg_options)
     opt.zero_grad(set_to_none=True)
-    total.backward(inputs=params)   # parameters only: no gradient for the input batch
+    (total * scale).backward(inputs=params)   # parameters only: no gradient for the input batch
     opt.step()
     return total.detach()
 
