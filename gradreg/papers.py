@@ -34,3 +34,20 @@ def reported(experiment: str) -> Reported:
                            f"{', '.join(k for k in _all() if not k.startswith('_'))}")
     cells = {c: (v[0], v[1]) for c, v in entry["cells"].items()}
     return Reported(entry["source"], entry["protocol"], entry["seeds"], entry["metric"], cells)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim a paper makes without numbers: our paraphrase, the paper's words, and where."""
+
+    claim: str
+    quote: str
+    source: str
+
+
+def claims(topic: str) -> list[Claim]:
+    """The paper's claims on an experiment or topic (e.g. ``"mnist-sizes"``, ``"gradient-norms"``)."""
+    entry = _all()["_claims"].get(topic)
+    if entry is None:
+        raise GradregError(f"no recorded claims for {topic!r}; have: {', '.join(_all()['_claims'])}")
+    return [Claim(**c) for c in entry]

@@ -74,3 +74,91 @@ def slope_vs_weight(records: list[Record], regularizers: list[str], weights: lis
     ax.set(xscale="log", yscale="log", xlabel="regularizer weight λ", ylabel="mean |f′(x)|")
     ax.legend(fontsize="x-small")
     return ax
+
+
+def _values(records: list[Record], cell: str, metric: str) -> list[float]:
+    return [r["metrics"][metric] for r in records if r["cell"] == cell and r["status"] == "ok"]
+
+
+def size_sweep(records: list[Record], sizes: list[int], methods: list[str], metric: str = "test_accuracy",
+               ax: Axes | None = None, label: str = "test accuracy (%)") -> Axes:
+    """Figure 1 (left) of Varga et al.: ``metric`` against training-set size N, one line per method
+    (mean over seeds) with a band from the lowest to the highest seed. Cells are named ``n{N}/{method}``."""
+    ax = ax or plt.subplots(figsize=(6.5, 4))[1]
+    for j, method in enumerate(methods):
+        pts = [(n, _values(records, f"n{n}/{method}", metric)) for n in sizes]
+        pts = [(n, v) for n, v in pts if v]
+        if not pts:
+            continue
+        ns = [n for n, _ in pts]
+        ax.plot(ns, [sum(v) / len(v) for _, v in pts], "o-", color=f"C{j}", ms=4, label=method)
+        ax.fill_between(ns, [min(v) for _, v in pts], [max(v) for _, v in pts], color=f"C{j}", alpha=0.15, lw=0)
+    ax.set(xscale="log", xlabel="training-set size N", ylabel=label)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def bars(records: list[Record], cells: list[str], metric: str = "test_accuracy", ax: Axes | None = None,
+         label: str = "test accuracy (%)") -> Axes:
+    """One bar per cell at the mean over seeds, ± 1 std, each seed as a dot; the y axis starts near the
+    lowest value (accuracies differ in tenths of a percent)."""
+    ax = ax or plt.subplots(figsize=(6.5, 3.5))[1]
+    summary = summarise(records, metric)
+    cells = [c for c in cells if c in summary]
+    means = [summary[c].mean for c in cells]
+    ax.bar(range(len(cells)), means, yerr=[summary[c].std for c in cells], color="C0", alpha=0.5, capsize=4)
+    lowest = min(v for c in cells for v in _values(records, c, metric))
+    for i, c in enumerate(cells):
+        ys = _values(records, c, metric)
+        ax.plot([i] * len(ys), ys, "o", color="k", ms=3)
+    highest = max(v for c in cells for v in _values(records, c, metric))
+    pad = 0.25 * (highest - lowest) + 1e-3
+    ax.set(xticks=range(len(cells)), ylabel=label, ylim=(lowest - pad, highest + pad))
+    ax.set_xticklabels(cells, rotation=30, ha="right")
+    return ax
+
+
+def heatmap(records: list[Record], rows: list[float], cols: list[float], cell_name, metric: str = "test_accuracy",
+            ax: Axes | None = None, row_label: str = "", col_label: str = "") -> Axes:
+    """Mean ``metric`` over seeds for every (row, col) of a two-way grid, with the value written in each
+    square; ``cell_name(row, col)`` gives the cell's name. Missing cells stay blank."""
+    import numpy as np
+
+    ax = ax or plt.subplots(figsize=(7, 4.5))[1]
+    summary = summarise(records, metric)
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if cell_name(r, c) in summary:
+                grid[i, j] = summary[cell_name(r, c)].mean
+    finite = grid[np.isfinite(grid)]
+    low = np.percentile(finite, 10) if finite.size else 0
+    image = ax.imshow(grid, cmap="viridis", vmin=low, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="w" if grid[i, j] < (low + finite.max()) / 2 else "k")
+    ax.set(xticks=range(len(cols)), xticklabels=[f"{c:g}" for c in cols], xlabel=col_label,
+           yticks=range(len(rows)), yticklabels=[f"{r:g}" for r in rows], ylabel=row_label)
+    ax.figure.colorbar(image, ax=ax, label=metric)
+    return ax
+
+
+GRAD_NORMS = {"grad_norm_train": "training points", "grad_norm_test": "test points",
+              "grad_norm_noisy": "training points + noise"}
+
+
+def grad_norms(records: list[Record], cells: list[str], ax: Axes | None = None) -> Axes:
+    """E10: mean ‖∂ℓ/∂x‖ at training points, test points and noisy training points, grouped per cell
+    (mean over seeds, log scale)."""
+    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    width = 0.8 / len(GRAD_NORMS)
+    for k, (metric, label) in enumerate(GRAD_NORMS.items()):
+        summary = summarise(records, metric)
+        xs = [i + (k - 1) * width for i, c in enumerate(cells) if c in summary]
+        ax.bar(xs, [summary[c].mean for c in cells if c in summary], width, color=f"C{k}", label=label)
+    ax.set(xticks=range(len(cells)), yscale="log", ylabel="mean ‖∂ℓ/∂x‖")
+    ax.set_xticklabels(cells, rotation=30, ha="right")
+    ax.legend(fontsize="small")
+    return ax
