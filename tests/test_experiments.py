@@ -30,6 +30,26 @@ def test_required_experiments_are_registered():
     assert experiments.get("mnist-table1").profile("paper").seeds == 10
 
 
+def test_mnist_grids_follow_the_authors_settings():
+    sizes = experiments.get("mnist-sizes")
+    assert len(sizes.cells) == 8 * 6 and sizes.cells["n10000/datagrad"] == {"n_train": 10000, "regularizer": "datagrad",
+                                                                            "weight": 5.0}
+    assert sizes.cells["n20000/confidence"]["weight"] == pytest.approx(50 * 0.03)   # β · batch: a mean, not a sum
+    assert {cfg.n_train for _, _, cfg in sizes.configs("cpu")} == {500, 2000, 5000, 20000}
+    assert len(sizes.configs("paper")) == 480
+    family = experiments.get("mnist-family")
+    assert {c: o.get("weight") for c, o in family.cells.items()} == {
+        "nogr": None, "datagrad": 50.0, "onehot": 0.3, "random_onehot": 0.3, "spectreg": 0.03, "jacreg": 1.0,
+        "frobreg": 0.03}
+    grid = experiments.get("mnist-wd-grid")
+    assert len(grid.cells) == 72 and grid.cells["wd0.005/dg1000"] == {"weight_decay": 0.005, "weight": 1000.0}
+
+
+def test_a_profile_naming_unknown_cells_is_rejected():
+    with pytest.raises(GradregError, match="profile 'cpu' names unknown cells: nope"):
+        experiments.Experiment("x", "x", "x", TrainConfig(), {"a": {}}, {"cpu": experiments.Profile(1, {}, ("a", "nope"))})
+
+
 def test_unknown_experiment_and_profile():
     with pytest.raises(GradregError, match="unknown experiment"):
         experiments.get("imagenet")
