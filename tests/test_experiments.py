@@ -117,3 +117,20 @@ def test_records_carry_provenance(results_dir):
     assert r["config"]["iterations"] == 50 and r["train_seconds"] > 0
     assert json.loads(results.Store("sin5x", "smoke", results_dir).path.read_text())["profile"] == "smoke"
     assert len(r["metrics"]["curve"]) == 101 and r["metrics"]["slope_grid"] > 0
+
+
+def test_batch_statistics_accuracy_is_train_mode_batchnorm_without_updates():
+    """The authors' BatchNorm evaluation: each test batch normalised by itself; nothing is updated."""
+    from gradreg import models, varga2017
+    torch.manual_seed(0)
+    model = models.build("lenet", head="batchnorm").eval()
+    x, y = torch.randn(100, 1, 28, 28), torch.randint(10, (100,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = varga2017.batch_stats_accuracy(model, Dataset("t", x, y, x, y, None))["test_accuracy_batch_stats"]
+    reference = models.build("lenet", head="batchnorm")
+    reference.load_state_dict(before)
+    reference.train()
+    expected = sum((reference(x[i: i + 50]).argmax(1) == y[i: i + 50]).sum().item() for i in (0, 50))
+    assert got == expected and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert varga2017.batch_stats_accuracy(models.build("lenet").eval(), Dataset("t", x, y, x, y, None)) == {}
