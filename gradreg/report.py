@@ -28,10 +28,11 @@ def _fmt(v: float) -> str:
 
 
 def summarise(records: list[Record], metric: str) -> dict[str, Summary]:
-    """{cell: Summary} of ``metric`` over the finished ("ok") runs of each cell, in grid order."""
+    """{cell: Summary} of ``metric`` over the finished ("ok") runs of each cell, in grid order; cells
+    whose runs lack the metric (e.g. a BatchNorm-only one on a model without BatchNorm) are left out."""
     values: dict[str, list[float]] = {}
     for r in records:
-        if r["status"] == "ok":
+        if r["status"] == "ok" and metric in r["metrics"]:
             values.setdefault(r["cell"], []).append(r["metrics"][metric])
     return {cell: Summary(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v))
             for cell, v in values.items()}
