@@ -68,7 +68,7 @@ class SeedStack(nn.Module):
             raise GradregError("SeedStack needs at least one member")
         self.size = len(members)
         params, buffers = stack_module_state(members)
-        self.stacked = copy.deepcopy(members[0])
+        self.stacked = _plain_convs(copy.deepcopy(members[0]))  # holds the tensors; its forward is unused
         for name, value in params.items():
             _set_tensor(self.stacked, name, value.detach(), parameter=True)
         for name, value in buffers.items():
