@@ -27,6 +27,11 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3g}"
 
 
+def number(value: float | None, spec: str = ".2f") -> str:
+    """A number for prose (glued into a chapter): formatted, or "—" when there is none yet (NaN/None)."""
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
 def summarise(records: list[Record], metric: str) -> dict[str, Summary]:
     """{cell: Summary} of ``metric`` over the finished ("ok") runs of each cell, in grid order; cells
     whose runs lack the metric (e.g. a BatchNorm-only one on a model without BatchNorm) are left out."""
