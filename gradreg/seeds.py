@@ -109,7 +109,8 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
                 ) -> list[dict[str, Any]]:
     """Train ``cfg`` once per seed, all seeds at once; one result per seed, as ``train.train`` returns.
 
-    ``train_seconds`` is the stack's wall time divided among its members.
+    ``train_seconds`` is the stack's wall time divided among its members; ``history`` is the
+    members' mean objective (shared by all results of the stack); ``seed_batch`` is S.
     """
     if not seeds:
         raise GradregError("train_seeds needs at least one seed")
