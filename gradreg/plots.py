@@ -119,9 +119,13 @@ def bars(records: list[Record], cells: list[str], metric: str = "test_accuracy",
 
 
 def heatmap(records: list[Record], rows: list[float], cols: list[float], cell_name, metric: str = "test_accuracy",
-            ax: Axes | None = None, row_label: str = "", col_label: str = "") -> Axes:
+            ax: Axes | None = None, row_label: str = "", col_label: str = "", vmin: float | None = None) -> Axes:
     """Mean ``metric`` over seeds for every (row, col) of a two-way grid, with the value written in each
-    square; ``cell_name(row, col)`` gives the cell's name. Missing cells stay blank."""
+    square; ``cell_name(row, col)`` gives the cell's name. Missing cells stay blank.
+
+    The colours span ``vmin`` (default: the lower quartile of the squares) to the best square, so that
+    the few tenths of a point that separate good settings are visible; worse squares all take the
+    darkest colour, and their numbers tell how much worse."""
     import numpy as np
 
     ax = ax or plt.subplots(figsize=(7, 4.5))[1]
@@ -132,16 +136,16 @@ def heatmap(records: list[Record], rows: list[float], cols: list[float], cell_na
             if cell_name(r, c) in summary:
                 grid[i, j] = summary[cell_name(r, c)].mean
     finite = grid[np.isfinite(grid)]
-    low = np.percentile(finite, 10) if finite.size else 0
+    low = vmin if vmin is not None else (np.percentile(finite, 25) if finite.size else 0)
     image = ax.imshow(grid, cmap="viridis", vmin=low, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(cols)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
                         color="w" if grid[i, j] < (low + finite.max()) / 2 else "k")
     ax.set(xticks=range(len(cols)), xticklabels=[f"{c:g}" for c in cols], xlabel=col_label,
            yticks=range(len(rows)), yticklabels=[f"{r:g}" for r in rows], ylabel=row_label)
-    ax.figure.colorbar(image, ax=ax, label=metric)
+    ax.figure.colorbar(image, ax=ax, label=f"{metric} (darkest: ≤ {low:.2f})", extend="min")
     return ax
 
 
