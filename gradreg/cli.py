@@ -47,7 +47,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                                          args.reps, args.steps, args.device)
         ms = {k: f"{1000 * v:.1f} ms" for k, v in result["seconds_per_step"].items()}
         print(f"{args.seed_batch} × {args.model} ({args.regularizer or 'plain'}, batch {args.batch_size}) on "
-              f"{result['device']}, {result['threads']} threads: {ms}; stacked is {result['speedup']:.2f}× faster")
+              f"{result['device']}, {result['threads']} threads: {ms}; speed-up of stacking {result['speedup']:.2f}×")
         if args.save:
             print(f"saved to {bench_mod.save(result, args.results_dir, kind='seeds')}")
         return
