@@ -33,8 +33,16 @@ from tqdm.auto import tqdm
 from . import conv, models
 from . import data as datasets
 from .errors import GradregError
-from .train import (TrainConfig, augment, evaluate, load_data, make_optimizer, piecewise, resolve_device,
-                    step)
+from .train import (
+    TrainConfig,
+    augment,
+    final_metrics,
+    load_data,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    step,
+)
 
 
 def _plain_convs(model: nn.Module) -> nn.Module:
@@ -134,8 +142,7 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
     stack = SeedStack(members)
     opt = make_optimizer(cfg, stack.stacked)
     params = list(stack.parameters())
-    lr_mult = piecewise(cfg.iterations) if cfg.schedule == "piecewise" else (lambda it: 1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_mult)
+    scheduler = make_scheduler(cfg, opt)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     batches = [datasets.batch_indices(x_all.shape[1], cfg.batch_size, g) for g in generators]
     rows = torch.arange(len(seeds), device=device)[:, None]
@@ -165,9 +172,7 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
         start = time.perf_counter()
         model = stack.member(s, models.build(c.model, **c.model_options).to(device))
         finite = all(torch.isfinite(p).all() for p in model.parameters())
-        metrics = evaluate(model, d, c, g) if finite else {}
-        if finite and extra_metrics is not None:
-            metrics.update(extra_metrics(model, d))
+        metrics = final_metrics(model, d, c, g, extra_metrics) if finite else {}
         ok = finite and all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
         out.append({"status": "ok" if ok else "diverged", "metrics": metrics, "history": history,
                     "iterations_done": cfg.iterations, "train_seconds": train_seconds,

@@ -134,6 +134,12 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """The config's learning-rate schedule, stepped once per iteration."""
+    lr_mult = piecewise(cfg.iterations) if cfg.schedule == "piecewise" else (lambda it: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_mult)
+
+
 def augment(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     """Apply the config's augmentation to a batch (pure function of the batch tensor)."""
     if kind == "none":
@@ -229,6 +235,15 @@ def evaluate(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig,
     return metrics
 
 
+def final_metrics(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig, generator: torch.Generator | None,
+                  extra_metrics: Callable[[nn.Module, datasets.Dataset], dict[str, Any]] | None) -> dict[str, Any]:
+    """What a finished run stores: ``evaluate`` plus the experiment's own measurements."""
+    metrics: dict[str, Any] = evaluate(model, data, cfg, generator)
+    if extra_metrics is not None:
+        metrics.update(extra_metrics(model, data))
+    return metrics
+
+
 def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: str | None = None,
           progress: bool = True,
           extra_metrics: Callable[[nn.Module, datasets.Dataset], dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -244,8 +259,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     model = models.build(cfg.model, **cfg.model_options).to(device)
     opt = make_optimizer(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
-    lr_mult = piecewise(cfg.iterations) if cfg.schedule == "piecewise" else (lambda it: 1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_mult)
+    scheduler = make_scheduler(cfg, opt)
     batches = datasets.batch_indices(len(data.x_train), cfg.batch_size, generator)
 
     history: list[tuple[int, float]] = []
@@ -271,9 +285,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    metrics = evaluate(model, data, cfg, generator) if status == "ok" else {}
-    if status == "ok" and extra_metrics is not None:
-        metrics.update(extra_metrics(model, data))
+    metrics = final_metrics(model, data, cfg, generator, extra_metrics) if status == "ok" else {}
     return {"status": status, "metrics": metrics, "history": history, "iterations_done": history[-1][0],
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start, "device": str(device),
             "model": model}
