@@ -35,6 +35,15 @@ def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
     return lambda: train_step(model, opt, params, x, y, cfg, gen)
 
 
+def _batch(model: str, n: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random input batch of n examples shaped for ``model``, and labels, on ``dev``."""
+    if model not in INPUT_SHAPE:
+        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(n, *INPUT_SHAPE[model], generator=gen).to(dev),
+            torch.randint(10, (n,), generator=gen).to(dev))
+
+
 def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torch.device) -> dict[str, float]:
     """Median seconds per call of each variant, timed round-robin after one warm-up call each."""
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -56,13 +65,9 @@ def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torc
 def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int = 10,
           device: str = "auto", names: list[str] | None = None) -> dict[str, Any]:
     """Median seconds per step of a plain step and of each regularizer's step, and their ratios."""
-    if model not in INPUT_SHAPE:
-        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
     dev = resolve_device(device)
     names = names or regularizers.names()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *INPUT_SHAPE[model], generator=gen).to(dev)
-    y = torch.randint(10, (batch_size,), generator=gen).to(dev)
+    x, y = _batch(model, batch_size, dev)
     base = TrainConfig(model=model)
     variants = {"plain": _stepper(base, x, y)}
     variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
@@ -78,15 +83,12 @@ def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", se
 
     Timed interleaved in one process, like ``bench``; ``speedup`` = one-at-a-time / stacked.
     """
-    if model not in INPUT_SHAPE:
-        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
     if seeds < 1:
         raise GradregError(f"seeds must be at least 1, got {seeds}")
     dev = resolve_device(device)
     cfg = TrainConfig(model=model, regularizer=regularizer, weight=0.01 if regularizer else 0.0)
+    x, y = _batch(model, seeds * batch_size, dev)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(seeds * batch_size, *INPUT_SHAPE[model], generator=gen).to(dev)
-    y = torch.randint(10, (seeds * batch_size,), generator=gen).to(dev)
     singles = [_stepper(cfg, x[s * batch_size: (s + 1) * batch_size], y[s * batch_size: (s + 1) * batch_size])
                for s in range(seeds)]
     stack = SeedStack([models.build(model).to(dev) for _ in range(seeds)])

@@ -6,6 +6,7 @@ from matplotlib.axes import Axes
 
 from .report import summarise
 from .results import Record
+from .stats import values
 
 
 def seeds_and_means(records: list[Record], metric: str, ax: Axes | None = None, label: str | None = None) -> Axes:
@@ -76,17 +77,13 @@ def slope_vs_weight(records: list[Record], regularizers: list[str], weights: lis
     return ax
 
 
-def _values(records: list[Record], cell: str, metric: str) -> list[float]:
-    return [r["metrics"][metric] for r in records if r["cell"] == cell and r["status"] == "ok"]
-
-
 def size_sweep(records: list[Record], sizes: list[int], methods: list[str], metric: str = "test_accuracy",
                ax: Axes | None = None, label: str = "test accuracy (%)") -> Axes:
     """Figure 1 (left) of Varga et al.: ``metric`` against training-set size N, one line per method
     (mean over seeds) with a band from the lowest to the highest seed. Cells are named ``n{N}/{method}``."""
     ax = ax or plt.subplots(figsize=(6.5, 4))[1]
     for j, method in enumerate(methods):
-        pts = [(n, _values(records, f"n{n}/{method}", metric)) for n in sizes]
+        pts = [(n, values(records, f"n{n}/{method}", metric)) for n in sizes]
         pts = [(n, v) for n, v in pts if v]
         if not pts:
             continue
@@ -107,11 +104,10 @@ def bars(records: list[Record], cells: list[str], metric: str = "test_accuracy",
     cells = [c for c in cells if c in summary]
     means = [summary[c].mean for c in cells]
     ax.bar(range(len(cells)), means, yerr=[summary[c].std for c in cells], color="C0", alpha=0.5, capsize=4)
-    lowest = min(v for c in cells for v in _values(records, c, metric))
-    for i, c in enumerate(cells):
-        ys = _values(records, c, metric)
+    seeds = [values(records, c, metric) for c in cells]
+    for i, ys in enumerate(seeds):
         ax.plot([i] * len(ys), ys, "o", color="k", ms=3)
-    highest = max(v for c in cells for v in _values(records, c, metric))
+    lowest, highest = min(map(min, seeds)), max(map(max, seeds))
     pad = 0.25 * (highest - lowest) + 1e-3
     ax.set(xticks=range(len(cells)), ylabel=label, ylim=(lowest - pad, highest + pad))
     ax.set_xticklabels(cells, rotation=30, ha="right")
