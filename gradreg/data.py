@@ -5,6 +5,13 @@ Where the files live: ``--data-dir`` / the ``data_dir`` argument, else ``$GRADRE
 so an existing torchvision download can be reused. Missing files are downloaded with their checksums
 verified when the internet is reachable; otherwise one GradregError says where we looked and what to do.
 
+Data files are data, never code: CIFAR-10 batches are unpickled by an unpickler that admits only the
+few globals the batch format holds (``pickle.load`` would call any function a file names). Every file is
+checked for what its format promises (shapes, image count = label count, labels 0..9), so a damaged,
+truncated or hostile file is one GradregError naming it, never code run or silently misaligned training.
+MNIST files must match their pinned MD5s; CIFAR-10 batch files that differ from the originals' MD5s
+(such as the offline subset in shared/data) are loaded after the structural checks with one warning.
+
 Batching and augmentation are pure functions of batch tensors, run on whatever device the data are on:
 no DataLoader, no workers.
 """
@@ -12,13 +19,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
+import math
 import os
 import pickle
 import tarfile
 import urllib.request
+import warnings
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,11 +49,23 @@ MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://yann
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CIFAR10_BATCH_MD5 = {  # batch file -> MD5 of the original file (the values torchvision pins)
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 
 
 @dataclass
 class Dataset:
-    """Standardised training and test tensors on one device. ``classes`` is None for regression."""
+    """Standardised training and test tensors on one device. ``classes`` is None for regression.
+
+    ``official``: True where the files were verified as the original ones by their MD5s, False where
+    they differ (loaded after structural checks only), None for synthetic data.
+    """
 
     name: str
     x_train: Tensor
@@ -49,20 +73,29 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     classes: int | None
+    official: bool | None = None
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Dataset":
         """The same data on another device and/or floating dtype (integer labels stay integers)."""
         def move(t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
         return Dataset(self.name, *(move(t) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
-                       self.classes)
+                       self.classes, self.official)
 
 
 # ---------------------------------------------------------------- where the files are
 
 def data_dir(explicit: str | os.PathLike | None = None) -> tuple[Path, str]:
-    """The data directory and where that choice came from (for error messages)."""
+    """The data directory and where that choice came from (for error messages).
+
+    An explicitly empty ``--data-dir ''`` is an error, not the current directory (where downloads would
+    create folders); an empty ``$GRADREG_DATA`` means unset.
+    """
     if explicit is not None:
+        if not os.fspath(explicit).strip():
+            raise GradregError("--data-dir is empty; give a folder that holds MNIST/raw/ or "
+                               "cifar-10-batches-py/, or leave the option out to use $GRADREG_DATA or "
+                               "~/.cache/gradreg")
         return Path(explicit).expanduser(), "--data-dir"
     if os.environ.get("GRADREG_DATA"):
         return Path(os.environ["GRADREG_DATA"]).expanduser(), "$GRADREG_DATA"
@@ -70,19 +103,39 @@ def data_dir(explicit: str | os.PathLike | None = None) -> tuple[Path, str]:
 
 
 def _check_dir(root: Path, origin: str) -> None:
-    """An explicitly chosen directory must exist; the default one is created for downloads."""
-    if origin != "the default" and not root.is_dir():
+    """The data directory must be a folder; an explicitly chosen one must exist, the default one is
+    created for downloads."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise GradregError(f"data directory {root} (from {origin}) is a file, not a folder; point "
+                           "--data-dir or GRADREG_DATA at a folder holding MNIST/raw/ or "
+                           "cifar-10-batches-py/")
+    if origin != "the default" and not os.path.isdir(root):
         raise GradregError(f"data directory {root} (from {origin}) does not exist; "
                            "point --data-dir or GRADREG_DATA at a folder holding MNIST/raw/ or "
                            "cifar-10-batches-py/")
 
 
+def _unreadable(path: Path, err: BaseException, what: str) -> GradregError:
+    """One error for a file that cannot be opened or decoded: which file, why (one line), what to do."""
+    why = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, PermissionError):
+        todo = "make it readable for this user"
+    elif os.path.isdir(path):
+        todo = "remove that folder and put the original file in its place"
+    else:
+        todo = "replace it with the original file"
+    return GradregError(f"{path} cannot be read as {what} ({type(err).__name__}: {why}); {todo}")
+
+
 def md5(path: Path) -> str:
-    """MD5 hex digest of a file, read in 1 MiB chunks."""
+    """MD5 hex digest of a file, read in 1 MiB chunks; an unreadable file is a GradregError naming it."""
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as err:
+        raise _unreadable(Path(path), err, "a data file") from None
     return h.hexdigest()
 
 
@@ -106,18 +159,52 @@ def _download(urls: list[str], dest: Path, checksum: str) -> None:
     raise OSError("; ".join(errors))
 
 
+def _check_labels(labels: np.ndarray, path: Path) -> None:
+    """Every label must be a class 0..9: anything else would train (or score) against no class."""
+    bad = np.flatnonzero((labels < 0) | (labels > 9))
+    if bad.size:
+        raise GradregError(f"{path} has label {labels[bad[0]]} at position {bad[0]}, outside the classes "
+                           "0..9; replace it with the original file")
+
+
 # ---------------------------------------------------------------- MNIST (IDX files)
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Parse a gzip-compressed IDX file (the original MNIST format) into a uint8 array."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    """Parse a gzip-compressed IDX file (the original MNIST format) into a uint8 array.
+
+    Not gzip, truncated, or a header that disagrees with the data length: one GradregError naming the file.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise _unreadable(path, err, "a gzip-compressed IDX file") from None
     magic = int.from_bytes(raw[:4], "big")
-    if magic >> 8 != 0x08:  # 0x08 = unsigned byte data
-        raise GradregError(f"{path} is not an unsigned-byte IDX file (magic {magic:#x})")
+    if len(raw) < 4 or magic >> 8 != 0x08:  # 0x08 = unsigned byte data
+        raise GradregError(f"{path} is not an unsigned-byte IDX file (magic {magic:#x}); "
+                           "replace it with the original file")
     ndim = magic & 0xFF
+    offset = 4 + 4 * ndim
     shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if len(raw) < offset or len(raw) - offset != math.prod(shape):
+        raise GradregError(f"{path} holds {max(len(raw) - offset, 0):,} data bytes but its header promises "
+                           f"{math.prod(shape):,} ({'x'.join(map(str, shape))}); the file is truncated or "
+                           "damaged: replace it with the original file")
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(shape)
+
+
+def _check_mnist(images: np.ndarray, labels: np.ndarray, images_path: Path, labels_path: Path) -> None:
+    """Images [N, 28, 28] and labels [N] in 0..9: a mismatch would silently train on misaligned pairs."""
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise GradregError(f"{images_path} holds an array of shape {'x'.join(map(str, images.shape))}, not "
+                           "N images of 28x28; replace it with the original file")
+    if labels.ndim != 1:
+        raise GradregError(f"{labels_path} holds an array of shape {'x'.join(map(str, labels.shape))}, not "
+                           "a list of labels; replace it with the original file")
+    if len(images) != len(labels):
+        raise GradregError(f"{images_path} holds {len(images):,} images but {labels_path} holds "
+                           f"{len(labels):,} labels; replace both with the original files")
+    _check_labels(labels, labels_path)
 
 
 @lru_cache(maxsize=4)
@@ -125,6 +212,7 @@ def mnist_raw(root: str | None = None) -> dict[str, Tensor]:
     """The full original MNIST as uint8 tensors: train [60000, 28, 28] and test [10000, 28, 28].
 
     Each file's MD5 is verified; a missing file is downloaded (with its MD5 verified) if possible.
+    Shapes, counts and labels are checked as well (see ``_check_mnist``).
     """
     base, origin = data_dir(root)
     _check_dir(base, origin)
@@ -139,19 +227,158 @@ def mnist_raw(root: str | None = None) -> dict[str, Tensor]:
                     f"MNIST file {name} is not in {raw} (data directory from {origin}) and could not be "
                     f"downloaded ({err}). Copy the four original IDX .gz files there, or point "
                     "--data-dir / GRADREG_DATA at a folder that holds MNIST/raw/.") from None
-        elif md5(path) != checksum:
-            raise GradregError(f"{path} is corrupt (MD5 {md5(path)}, expected {checksum}); delete it "
+        elif (digest := md5(path)) != checksum:
+            raise GradregError(f"{path} is corrupt (MD5 {digest}, expected {checksum}); delete it "
                                "to download it again, or replace it with the original file")
-    arrays = {name.split("-idx")[0]: torch.from_numpy(_read_idx(raw / name).copy()) for name in MNIST_FILES}
-    return {"x_train": arrays["train-images"], "y_train": arrays["train-labels"].long(),
-            "x_test": arrays["t10k-images"], "y_test": arrays["t10k-labels"].long()}
+    arrays = {name.split("-idx")[0]: _read_idx(raw / name) for name in MNIST_FILES}
+    for split in ("train", "t10k"):
+        images, labels = arrays[f"{split}-images"], arrays[f"{split}-labels"]
+        _check_mnist(images, labels, raw / f"{split}-images-idx3-ubyte.gz",
+                     raw / f"{split}-labels-idx1-ubyte.gz")
+    tensors = {key: torch.from_numpy(a.copy()) for key, a in arrays.items()}
+    return {"x_train": tensors["train-images"], "y_train": tensors["train-labels"].long(),
+            "x_test": tensors["t10k-images"], "y_test": tensors["t10k-labels"].long()}
 
 
 # ---------------------------------------------------------------- CIFAR-10 (python batches)
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A batch file names a global outside the CIFAR-10 format; the message is its dotted name."""
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    """``numpy._core.<module>.<name>``, or its old home ``numpy.core`` on a numpy that lacks ``_core``."""
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except ImportError:
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What ``_codecs.encode`` does in protocol-2 pickles of bytes by Python 3 (latin1 text to bytes),
+    and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _RefusedGlobal(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+# (module, name) -> the object it may stand for. Dicts, lists, str, bytes and ints are pickle opcodes and
+# need no global; numpy arrays need these (``_frombuffer``: protocol-5 pickles; ``_codecs.encode`` and
+# ``bytes``: bytes in protocol-2 pickles written by Python 3).
+_CIFAR10_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_global("multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_global("numeric", "_frombuffer"),
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_bytes,
+    ("builtins", "bytes"): lambda: bytes,
+}
+# Old module names (numpy < 2, Python 2) -> the names above; mapped here so numpy's own shim, which
+# warns about its deprecation, is never imported.
+_RENAMED_MODULES = {"numpy.core.multiarray": "numpy._core.multiarray",
+                    "numpy.core.numeric": "numpy._core.numeric", "__builtin__": "builtins"}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR-10 batch holds: dicts, lists, str/bytes, ints and numpy arrays.
+
+    ``pickle.load`` calls whatever global a file names (``os.system`` included), so a data file could run
+    code; this unpickler refuses every global outside ``_CIFAR10_GLOBALS``.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        make = _CIFAR10_GLOBALS.get((_RENAMED_MODULES.get(module, module), name))
+        if make is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return make()
+
+
+def _unpickle_batch(path: Path) -> Any:
+    """The object pickled in a batch file, by the restricted unpickler; any failure is one GradregError."""
+    try:
+        with open(path, "rb") as f:
+            return _BatchUnpickler(f, encoding="latin1").load()  # latin1: the originals are Python 2 pickles
+    except _RefusedGlobal as err:
+        raise GradregError(f"CIFAR-10 loader refuses to load {err} from {path}: not part of the CIFAR-10 "
+                           "format (a data file must not run code); replace the file with the "
+                           "original") from None
+    except Exception as err:  # noqa: BLE001 - garbage can fail in many ways (EOFError, UnpicklingError, ...)
+        raise _unreadable(path, err, "a CIFAR-10 batch") from None
+
+
+def _integers(value: Any) -> np.ndarray | None:
+    """``value`` as an integer numpy array, or None where it is not one (ragged, text, floats, objects)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if array.size == 0 and array.dtype.kind == "f":  # np.asarray([]) is float64: an empty list is fine here
+        return array.astype(np.int64)
+    return array if array.dtype.kind in "iu" else None
+
+
+def _check_batch(batch: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 3, 32, 32] and labels int64 [N] from an unpickled batch, or one GradregError that
+    says what breaks the format: not a dict, a missing key, rows not of 3072 pixels, counts, labels."""
+    def bad(what: str) -> GradregError:
+        return GradregError(f"{path} is not a CIFAR-10 batch: {what}; replace it with the original file")
+    if not isinstance(batch, dict):
+        raise bad(f"it holds a {type(batch).__name__}, not a dict")
+    missing = [repr(key) for key in ("data", "labels") if key not in batch]
+    if missing:
+        raise bad(f"it has no {' and no '.join(missing)} entry")
+    data, labels = _integers(batch["data"]), _integers(batch["labels"])
+    if data is None or data.ndim != 2:
+        raise bad(f"its 'data' ({type(batch['data']).__name__}) is not an N x 3072 array of pixel values")
+    if data.shape[1] != 3072:
+        raise bad(f"its 'data' rows hold {data.shape[1]:,} values, expected 3,072 (3 colour planes of 32x32)")
+    if labels is None or labels.ndim != 1:
+        raise bad(f"its 'labels' ({type(batch['labels']).__name__}) is not a list of integers")
+    if len(data) != len(labels):
+        raise bad(f"it holds {len(data):,} images but {len(labels):,} labels")
+    if len(data) == 0:
+        raise bad("it holds no images")
+    if data.dtype != np.uint8 and (data.min() < 0 or data.max() > 255):
+        raise bad("its 'data' has values outside 0..255")
+    _check_labels(labels, path)
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def cifar10_differing(folder: Path) -> tuple[str, ...]:
+    """The batch files in ``folder`` whose MD5 differs from the original's (empty: the official files)."""
+    return tuple(name for name, checksum in CIFAR10_BATCH_MD5.items() if md5(Path(folder) / name) != checksum)
+
+
+_WARNED_UNOFFICIAL: set[str] = set()  # folders already warned about (once per folder and process)
+
+
+def _warn_unofficial(folder: Path, differing: tuple[str, ...]) -> None:
+    """One UserWarning per folder that its batch files are not the official ones."""
+    key = os.path.realpath(folder)
+    if key in _WARNED_UNOFFICIAL:
+        return
+    _WARNED_UNOFFICIAL.add(key)
+    warnings.warn(f"{folder}: {', '.join(differing)} differ from the official CIFAR-10 files (MD5 mismatch); "
+                  "these data are not the official CIFAR-10 files and were loaded after structural checks "
+                  "only, so results are not comparable with the full data set", UserWarning, stacklevel=3)
+
+
+def _read_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
+    """Images and labels of the named batch files, each unpickled safely and checked, concatenated."""
+    pairs = [_check_batch(_unpickle_batch(folder / name), folder / name) for name in names]
+    return (torch.from_numpy(np.concatenate([x for x, _ in pairs])),
+            torch.from_numpy(np.concatenate([y for _, y in pairs])))
+
+
 @lru_cache(maxsize=4)
-def cifar10_raw(root: str | None = None) -> dict[str, Tensor]:
-    """CIFAR-10 from its "python version" batch files, as uint8 [N, 3, 32, 32] and labels [N]."""
+def cifar10_raw(root: str | None = None) -> dict[str, Any]:
+    """CIFAR-10 from its "python version" batch files, as uint8 [N, 3, 32, 32] and labels [N].
+
+    Keys: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (tensors); ``official`` (bool: every batch file
+    has the MD5 of the original) and ``differing`` (tuple of the batch file names whose MD5 differs).
+    Differing files are still loaded, after the structural checks, with one UserWarning per folder:
+    the offline subset in shared/data is such a case (its files are re-pickled).
+    """
     base, origin = data_dir(root)
     _check_dir(base, origin)
     folder = base / "cifar-10-batches-py"
@@ -166,23 +393,13 @@ def cifar10_raw(root: str | None = None) -> dict[str, Tensor]:
                 f"CIFAR-10 batches are not in {folder} (data directory from {origin}) and could not be "
                 f"downloaded ({err}). Put data_batch_1..5 and test_batch there, or point --data-dir / "
                 "GRADREG_DATA at a folder that holds cifar-10-batches-py/.") from None
-
-    def read(names: list[str]) -> tuple[Tensor, Tensor]:
-        xs, ys = [], []
-        for name in names:
-            try:
-                with open(folder / name, "rb") as f:
-                    batch = pickle.load(f, encoding="latin1")
-                xs.append(np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(batch["labels"], np.int64))
-            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
-                raise GradregError(f"{folder / name} is not a readable CIFAR-10 batch ({err}); "
-                                   "replace it with the original file") from None
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
-
-    x_train, y_train = read(CIFAR10_FILES[:5])
-    x_test, y_test = read(CIFAR10_FILES[5:])
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    differing = cifar10_differing(folder)
+    x_train, y_train = _read_batches(folder, CIFAR10_FILES[:5])
+    x_test, y_test = _read_batches(folder, CIFAR10_FILES[5:])
+    if differing:
+        _warn_unofficial(folder, differing)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+            "official": not differing, "differing": differing}
 
 
 # ---------------------------------------------------------------- subsets and standardisation
@@ -195,16 +412,26 @@ def _standardise(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
     return (x_train - mean) / std, (x_test - mean) / std
 
 
-def _subset(raw: dict[str, Tensor], n_train: int | None, seed: int, pool: int, held_out: bool,
-            n_test: int | None) -> tuple[Tensor, ...]:
+def _check_size(option: str, n: int | None, available: int, what: str) -> None:
+    """Asking for more points than the data hold is an error, never a silent clip to what is there."""
+    if n is not None and n > available:
+        raise GradregError(f"{option}={n} asks for more than the {available:,} {what}; "
+                           f"use {option}={available} or fewer")
+
+
+def _subset(raw: dict[str, Any], n_train: int | None, seed: int, pool: int, held_out: bool,
+            n_test: int | None, name: str = "the data set") -> tuple[Tensor, ...]:
     """First ``n_train`` of a seed-dependent shuffle of the first ``pool`` training images; the test
-    set is the official one, or (``held_out``) the training images after ``pool``."""
-    perm = torch.randperm(pool, generator=torch.Generator().manual_seed(seed))
-    idx = perm[: n_train or pool]
+    set is the official one, or (``held_out``) the training images after ``pool``. Sizes beyond the
+    available images are a GradregError that names ``name`` and the available count."""
     if held_out:
         x_test, y_test = raw["x_train"][pool:], raw["y_train"][pool:]
     else:
         x_test, y_test = raw["x_test"], raw["y_test"]
+    _check_size("n_train", n_train, pool, f"training images available in {name}")
+    _check_size("n_test", n_test, len(y_test), f"test images available in {name}")
+    perm = torch.randperm(pool, generator=torch.Generator().manual_seed(seed))
+    idx = perm[: n_train or pool]
     return raw["x_train"][idx], raw["y_train"][idx], x_test[:n_test], y_test[:n_test]
 
 
@@ -219,19 +446,29 @@ def mnist(n_train: int | None = None, seed: int = 0, protocol: str = "official",
     if protocol not in ("official", "paper"):
         raise GradregError(f"unknown MNIST protocol {protocol!r}; known: official, paper")
     raw = mnist_raw(None if data_dir is None else str(data_dir))
-    pool = 60000 if protocol == "official" else 50000
-    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, seed, pool, protocol == "paper", n_test)
+    available = len(raw["y_train"])  # 60,000 in the MD5-verified original files
+    pool = available if protocol == "official" else 50000
+    if protocol == "paper" and available <= pool:
+        raise GradregError(f"MNIST protocol 'paper' holds out the training images after the first 50,000, "
+                           f"but the training files hold only {available:,}; use protocol 'official' or the "
+                           "original files")
+    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, seed, pool, protocol == "paper", n_test,
+                                     f"MNIST (protocol {protocol!r})")
     x_tr, x_te = _standardise(x_tr.unsqueeze(1), x_te.unsqueeze(1))
-    return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10).to(device)
+    return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10, official=True).to(device)
 
 
 def cifar10(n_train: int | None = None, seed: int = 0, n_test: int | None = None,
             data_dir: str | None = None, device: str | torch.device = "cpu") -> Dataset:
-    """A standardised CIFAR-10 training subset and the test set, on ``device``; images [N, 3, 32, 32]."""
+    """A standardised CIFAR-10 training subset and the test set, on ``device``; images [N, 3, 32, 32].
+
+    ``Dataset.official`` records whether the batch files had the originals' MD5s (see ``cifar10_raw``).
+    """
     raw = cifar10_raw(None if data_dir is None else str(data_dir))
-    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, seed, len(raw["y_train"]), False, n_test)
+    name = "CIFAR-10" if raw["official"] else "CIFAR-10 (files that differ from the official ones)"
+    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, seed, len(raw["y_train"]), False, n_test, name)
     x_tr, x_te = _standardise(x_tr, x_te)
-    return Dataset("cifar10", x_tr, y_tr, x_te, y_te, 10).to(device)
+    return Dataset("cifar10", x_tr, y_tr, x_te, y_te, 10, official=raw["official"]).to(device)
 
 
 def sin5x(n_train: int = 100, seed: int = 0, noise: float = 0.1, n_test: int = 900,
