@@ -18,11 +18,13 @@ from torch import nn
 
 from . import results as results_store
 from .data import Dataset
+from .data import data_dir as data_folder
 from .errors import GradregError
 from .seeds import train_seeds
 from .train import TrainConfig, resolve_device, train
 
 PROFILES = ("smoke", "cpu", "paper")
+MAX_SEEDS = 1000   # more is surely a typo (the papers use 10); the grid is built in memory
 
 # Measured on the 2-core development CPU by `gradreg bench`-style timing (ms per plain step, batch 50),
 # and the cost of a regularized step relative to a plain one; used only for `gradreg list` estimates.
@@ -68,8 +70,8 @@ class Experiment:
         """Every (cell, seed, config) of the grid at this profile, seeds 0 … n−1."""
         prof = self.profile(profile)
         n = prof.seeds if seeds is None else seeds
-        if n < 1:
-            raise GradregError(f"--seeds must be at least 1, got {n}")
+        if type(n) is not int or not 1 <= n <= MAX_SEEDS:
+            raise GradregError(f"--seeds must be an integer from 1 to {MAX_SEEDS}, got {n!r}")
         cells = {c: o for c, o in self.cells.items() if prof.cells is None or c in prof.cells}
         return [(cell, seed, self.base.replace(**{**overrides, **prof.overrides, "seed": seed}))
                 for cell, overrides in cells.items() for seed in range(n)]
@@ -114,11 +116,17 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
 
     ``batch_seeds``: train a cell's missing seeds together as one stacked model (``gradreg.seeds``);
     default: on CUDA, where it pays. A stack is stored when it finishes, so an interrupted run
-    loses at most the cell in progress. Returns all records of the (experiment, profile) afterwards.
+    loses at most the cell in progress. Several processes may run one grid at once: each claims a
+    run before training it (``Store.claim``), so they split the work and every record is stored
+    once. The results file is checked (readable, folder writable) before any training starts.
+    Returns all records of the (experiment, profile) afterwards.
     """
     exp = get(name)
     grid = exp.configs(profile, seeds)
+    if data_dir is not None:
+        data_folder(data_dir)                    # an empty --data-dir fails before anything is written
     store = results_store.Store(name, profile, results_dir)
+    store.prepare()
     done = store.done()
     todo = [(c, s, cfg.replace(device=device)) for c, s, cfg in grid if (c, s) not in done]
     if batch_seeds is None:
@@ -126,30 +134,45 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     commit = results_store.git_commit()
     log(f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}"
         + (" (seeds batched per cell)" if batch_seeds else ""))
-    for i, (cell, seed, cfg, out) in enumerate(_train_all(exp, todo, batch_seeds, data_dir, progress), 1):
-        out.pop("model")  # records hold numbers, not weights
-        record = {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
-                  "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"], commit)}
-        store.add(record)
-        shown = {k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}
-        log(f"  [{i}/{len(todo)}] {cell} seed {seed}: {out['status']} in {out['train_seconds']:.1f}s {shown}")
+    trained = elsewhere = 0
+    for unit in _units(todo, batch_seeds):
+        with store.claim([(c, s) for c, s, _ in unit]) as mine:
+            runs = [(c, s, cfg) for c, s, cfg in unit if (c, s) in mine]
+            elsewhere += len(unit) - len(runs)
+            for cell, seed, cfg, out in _train_unit(exp, runs, batch_seeds, data_dir, progress):
+                out.pop("model")  # records hold numbers, not weights
+                record = {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
+                          "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"], commit)}
+                store.add(record)
+                trained += 1
+                shown = {k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}
+                log(f"  [{trained}/{len(todo)}] {cell} seed {seed}: {out['status']} in "
+                    f"{out['train_seconds']:.1f}s {shown}")
+    if elsewhere:
+        log(f"{elsewhere} runs were skipped: another process had claimed them or stored them meanwhile")
     return store.records()
 
 
-def _train_all(exp: Experiment, todo: list[tuple[str, int, TrainConfig]], batch_seeds: bool,
-               data_dir: str | None, progress: bool) -> Iterator[tuple[str, int, TrainConfig, dict[str, Any]]]:
-    """(cell, seed, config, result) for each run of ``todo``: one at a time, or a cell's seeds at once."""
+def _units(todo: list[tuple[str, int, TrainConfig]], batch_seeds: bool) -> list[list[tuple[str, int, TrainConfig]]]:
+    """What trains at once: each run alone, or (``batch_seeds``) all missing seeds of a cell."""
     if not batch_seeds:
-        for cell, seed, cfg in todo:
+        return [[run] for run in todo]
+    by_cell: dict[str, list[tuple[str, int, TrainConfig]]] = {}
+    for run in todo:
+        by_cell.setdefault(run[0], []).append(run)
+    return list(by_cell.values())
+
+
+def _train_unit(exp: Experiment, runs: list[tuple[str, int, TrainConfig]], batch_seeds: bool,
+                data_dir: str | None, progress: bool) -> Iterator[tuple[str, int, TrainConfig, dict[str, Any]]]:
+    """(cell, seed, config, result) for each run of a unit: one model, or one stack of a cell's seeds."""
+    if not batch_seeds:
+        for cell, seed, cfg in runs:
             yield cell, seed, cfg, train(cfg, data_dir=data_dir, progress=progress, extra_metrics=exp.extra_metrics)
-        return
-    by_cell: dict[str, list[tuple[int, TrainConfig]]] = {}
-    for cell, seed, cfg in todo:
-        by_cell.setdefault(cell, []).append((seed, cfg))
-    for cell, runs in by_cell.items():
-        outs = train_seeds(runs[0][1], [s for s, _ in runs], data_dir=data_dir, progress=progress,
+    elif runs:
+        outs = train_seeds(runs[0][2], [s for _, s, _ in runs], data_dir=data_dir, progress=progress,
                            extra_metrics=exp.extra_metrics)
-        for (seed, cfg), out in zip(runs, outs):
+        for (cell, seed, cfg), out in zip(runs, outs):
             yield cell, seed, cfg, out
 
 

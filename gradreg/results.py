@@ -1,22 +1,37 @@
 """The results store: ``results/<experiment>/<profile>.json``, one record per finished (cell, seed) run.
 
 Each record carries its provenance — git commit, torch version, device, wall time, the full config —
-so every number in the book can be traced to the run that produced it. The file is rewritten
-atomically (temporary file + rename) after each finished run: a killed grid loses at most the run in
-flight, and a rerun skips every (cell, seed) already stored.
+so every number in the book can be traced to the run that produced it. What the store guarantees:
+
+- **atomic**: a file is replaced by rename of a complete, fsynced temporary file, so a kill or a full
+  disk leaves the previous version intact (and a failed write removes its temporary file);
+- **locked**: every read-modify-write holds an exclusive ``flock`` on a sidecar lock file, so
+  concurrent writers (two ``gradreg run`` on one grid) never lose each other's records;
+- **claimed**: a worker claims a (cell, seed) — a ``flock`` on a claim file — before training it,
+  so two workers on one grid split the work; the kernel drops the claim of a killed process;
+- **strict JSON**: no bare ``NaN``/``Infinity``: non-finite numbers are stored as ``null`` (the
+  record's ``status`` says the run diverged);
+- **checked**: a corrupt or foreign file is one clear error naming it, and is never overwritten.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import quote
 
 import torch
+
+from .errors import GradregError
 
 Record = dict[str, Any]
 
@@ -57,36 +72,188 @@ def provenance(device: str, commit: str | None = None) -> dict[str, Any]:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+# ---------------------------------------------------------------- strict JSON, written atomically
+
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, so it serialises as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON text (non-finite numbers become null), indented one space as the results files are."""
+    return json.dumps(strict(obj), indent=1, allow_nan=False)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a strict-JSON file; anything unreadable is one GradregError naming the file."""
+    try:
+        return json.loads(path.read_text(), parse_constant=_refuse_constant)
+    except IsADirectoryError:
+        raise GradregError(f"{what} {path} is a directory, not a file; move it aside") from None
+    except OSError as err:
+        raise GradregError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise GradregError(f"{what} {path} is not valid JSON ({err}); it was left as it is: "
+                           "restore it (e.g. git checkout -- FILE) or move it aside to start afresh") from None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` all at once: write a temporary file beside it, fsync, rename.
+
+    On any failure (full disk, read-only folder) the temporary file is removed, the old file is
+    untouched and one GradregError says what happened.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are shared files
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise GradregError(f"could not write {path}: {err.strerror or err}; "
+                           "the previous file (if any) is unchanged") from None
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove that a file can be written there, before any work whose
+    result would be lost if the write failed at the end."""
+    probe = folder / f".probe-{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        raise GradregError(f"results folder {folder} is not writable ({err.strerror or err}); "
+                           "choose another with --results-dir or GRADREG_RESULTS") from None
+
+
+def _check_records(payload: Any, path: Path) -> list[Record]:
+    """The records of a results file, after checking its layout; a foreign layout is a GradregError."""
+    def bad(why: str) -> GradregError:
+        return GradregError(f"results file {path} is damaged ({why}); it was left as it is: restore it "
+                            "(e.g. git checkout -- FILE) or move it aside to start that grid afresh")
+    if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
+        raise bad('expected an object with a "records" list')
+    for i, r in enumerate(payload["records"]):
+        if not isinstance(r, dict):
+            raise bad(f"record {i} is {type(r).__name__}, not an object")
+        if not isinstance(r.get("cell"), str) or type(r.get("seed")) is not int:
+            raise bad(f"record {i} lacks a string cell or an integer seed")
+        if not isinstance(r.get("status"), str) or not isinstance(r.get("metrics"), dict):
+            raise bad(f"record {i} lacks a status or a metrics object")
+    return payload["records"]
+
+
+# ---------------------------------------------------------------- the store
+
 class Store:
-    """Records of one (experiment, profile), kept in one JSON file."""
+    """Records of one (experiment, profile), kept in one JSON file, with its lock and claims."""
 
     def __init__(self, experiment: str, profile: str, root: str | os.PathLike | None = None):
         self.path = Path(root or default_dir()) / experiment / f"{profile}.json"
         self.experiment, self.profile = experiment, profile
+        self.lock_path = self.path.with_name(f".{profile}.json.lock")
+        self.claims = self.path.with_name(f".{profile}.claims")
 
     def records(self) -> list[Record]:
-        """All stored records (an absent file means none)."""
-        if not self.path.exists():
+        """All stored records (an absent file means none); a damaged file is a GradregError."""
+        if not self.path.exists() and not self.path.is_symlink():
             return []
-        return json.loads(self.path.read_text())["records"]
+        return _check_records(read_json(self.path, "results file"), self.path)
 
     def done(self) -> set[tuple[str, int]]:
         """The (cell, seed) pairs already finished."""
         return {(r["cell"], r["seed"]) for r in self.records()}
 
-    def add(self, record: Record) -> None:
-        """Append one finished run (replacing an older record of the same cell and seed), atomically.
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the exclusive lock of this results file (blocks while another process holds it)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise GradregError(f"cannot lock {self.path} ({err.strerror or err}); "
+                               "choose a writable --results-dir or GRADREG_RESULTS") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
 
-        Records keep the order they were run in, which is the grid's order.
-        """
+    def prepare(self) -> None:
+        """Before training: the file must be readable (or absent) and its folder writable; orphan
+        temporary files of killed writers are removed. Fails fast, so no finished run is lost later."""
+        if self.path.is_dir():
+            raise GradregError(f"results file {self.path} is a directory, not a file; move it aside")
+        ensure_writable(self.path.parent)
+        with self.lock():
+            self.records()
+            for orphan in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # under the lock: nobody writes
+                with contextlib.suppress(OSError):
+                    orphan.unlink()
+
+    def add(self, record: Record) -> None:
+        """Append one finished run (replacing an older record of the same cell and seed), atomically,
+        under the lock. Records keep the order they were run in, which is the grid's order."""
         key = (record["cell"], record["seed"])
-        records = [r for r in self.records() if (r["cell"], r["seed"]) != key] + [record]
-        payload = {"experiment": self.experiment, "profile": self.profile, "records": records}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.profile}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are shared files
-        os.replace(tmp, self.path)
+        with self.lock():
+            records = [r for r in self.records() if (r["cell"], r["seed"]) != key] + [strict(record)]
+            atomic_write(self.path, dumps({"experiment": self.experiment, "profile": self.profile,
+                                           "records": records}))
+
+    @contextlib.contextmanager
+    def claim(self, keys: list[tuple[str, int]]) -> Iterator[list[tuple[str, int]]]:
+        """Claim (cell, seed) runs for this process: yields those it holds and that are not stored yet.
+
+        A claim is an exclusive, non-blocking ``flock`` on ``.<profile>.claims/<cell>.<seed>``; one
+        held by another live process is skipped (that process trains the run). The kernel releases
+        the locks of a killed process, so a stale claim never blocks. Store the records before
+        leaving the block: a claim is released only after that, and a later claimant re-checks the
+        store, so no run is trained twice.
+        """
+        with contextlib.ExitStack() as stack:
+            held = [k for k in keys if self._try_claim(k, stack)]
+            done = self.done()
+            yield [k for k in held if k not in done]
+
+    def _try_claim(self, key: tuple[str, int], stack: contextlib.ExitStack) -> bool:
+        path = self.claims / f"{quote(key[0], safe='')}.{key[1]}"
+        try:
+            self.claims.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise GradregError(f"cannot create claim {path} ({err.strerror or err}); "
+                               "choose a writable --results-dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode())
+
+        def release() -> None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            os.close(fd)
+        stack.callback(release)
+        return True
