@@ -2,9 +2,20 @@
 (Karakida et al.) regularizers, the models and data of their experiments, one training loop, an
 experiment registry with smoke/cpu/paper profiles and a results store. See the book for the story.
 """
-from . import data, experiments, losses, models, regularizers, results
-from .errors import GradregError
-from .train import TrainConfig, train
+import sys as _sys
+
+try:
+    from . import data, experiments, losses, models, regularizers, results
+    from .errors import GradregError
+    from .train import TrainConfig, train
+except KeyboardInterrupt:
+    # Ctrl-C while the `gradreg` command is still importing torch: end like an interrupt inside the
+    # command (one line, status 130), not with a traceback. A library import re-raises as usual.
+    _argv0 = (_sys.argv or [""])[0]
+    if _argv0 == "-m" or _argv0.replace("\\", "/").rsplit("/", 1)[-1] == "gradreg":
+        print("gradreg: interrupted while starting", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 __all__ = ["GradregError", "TrainConfig", "data", "experiments", "losses", "models", "regularizers",
            "results", "train"]

@@ -7,7 +7,6 @@ optimizer update.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -44,6 +43,13 @@ def _batch(model: str, n: int, dev: torch.device) -> tuple[torch.Tensor, torch.T
             torch.randint(10, (n,), generator=gen).to(dev))
 
 
+def _check_counts(**counts: int) -> None:
+    """Timing parameters are positive integers (``--reps``, ``--steps``, ``--batch-size``, …)."""
+    for name, value in counts.items():
+        if type(value) is not int or value < 1:
+            raise GradregError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
 def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torch.device) -> dict[str, float]:
     """Median seconds per call of each variant, timed round-robin after one warm-up call each."""
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -65,8 +71,11 @@ def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torc
 def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int = 10,
           device: str = "auto", names: list[str] | None = None) -> dict[str, Any]:
     """Median seconds per step of a plain step and of each regularizer's step, and their ratios."""
+    _check_counts(batch_size=batch_size, reps=reps, steps=steps)
     dev = resolve_device(device)
     names = names or regularizers.names()
+    for name in names:
+        regularizers.get(name)
     x, y = _batch(model, batch_size, dev)
     base = TrainConfig(model=model)
     variants = {"plain": _stepper(base, x, y)}
@@ -83,8 +92,7 @@ def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", se
 
     Timed interleaved in one process, like ``bench``; ``speedup`` = one-at-a-time / stacked.
     """
-    if seeds < 1:
-        raise GradregError(f"seeds must be at least 1, got {seeds}")
+    _check_counts(seed_batch=seeds, batch_size=batch_size, reps=reps, steps=steps)
     dev = resolve_device(device)
     cfg = TrainConfig(model=model, regularizer=regularizer, weight=0.01 if regularizer else 0.0)
     x, y = _batch(model, seeds * batch_size, dev)
@@ -122,12 +130,12 @@ def save(result: dict[str, Any], results_dir: str | None = None, kind: str = "")
     """Store a bench result with its provenance (what the book's cost figure shows)."""
     device = result["device"].split(":")[0]
     out = path(device, results_dir, kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**result, "provenance": results_store.provenance(result["device"])}, indent=1))
+    results_store.atomic_write(out, results_store.dumps({**result,
+                                                         "provenance": results_store.provenance(result["device"])}))
     return out
 
 
 def load(device: str = "cpu", results_dir: str | None = None, kind: str = "") -> dict[str, Any] | None:
     """The saved bench result for a device type, or None if ``gradreg bench --save`` never ran there."""
     p = path(device, results_dir, kind)
-    return json.loads(p.read_text()) if p.exists() else None
+    return results_store.read_json(p, "bench result") if p.exists() else None

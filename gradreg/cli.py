@@ -5,7 +5,9 @@
     gradreg bench [--json] [--save] [--model lenet] [--reps 7] [--seed-batch S [--regularizer R]]
     gradreg train key=value ...          e.g. gradreg train regularizer=datagrad weight=50 iterations=500
 
-Every user error (unknown name, bad value, missing data) ends in one line on stderr and exit status 2.
+Exit status: 0 done; 2 a user error (unknown name, bad value, missing or damaged data or results
+file, unwritable results folder), always one line on stderr and never a traceback; 1 `gradreg train`
+diverged; 130 interrupted (finished runs are stored); 141 the reader of our output went away.
 """
 from __future__ import annotations
 
@@ -13,22 +15,24 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
 from . import bench as bench_mod
-from . import experiments
+from . import experiments, results
 from .errors import GradregError
 from .train import TrainConfig, train
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
-    print(f"{'experiment':<14}{'profile':<8}{'runs':>6}{'iterations':>12}{'est. 2-core CPU':>17}  source")
+    width = max(len("experiment"), *(len(name) for name in experiments.REGISTRY)) + 2
+    print(f"{'experiment':<{width}}{'profile':<8}{'runs':>6}{'iterations':>12}{'est. 2-core CPU':>17}  source")
     for exp in experiments.REGISTRY.values():
         for profile in exp.profiles:
             grid = exp.configs(profile)
             minutes = exp.estimated_cpu_seconds(profile) / 60
-            print(f"{exp.name:<14}{profile:<8}{len(grid):>6}{grid[0][2].iterations:>12}"
+            print(f"{exp.name:<{width}}{profile:<8}{len(grid):>6}{grid[0][2].iterations:>12}"
                   f"{minutes:>13.1f} min  {exp.source if profile == 'smoke' else ''}")
 
 
@@ -42,6 +46,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
+    if args.seed_batch < 0:
+        raise GradregError(f"--seed-batch must be >= 0 (0: off), got {args.seed_batch}")
+    if args.save:  # fail before the timing, not after it
+        results.ensure_writable(bench_mod.path("cpu", args.results_dir).parent)
     if args.seed_batch:
         result = bench_mod.seed_batching(args.model, args.regularizer, args.seed_batch, args.batch_size,
                                          args.reps, args.steps, args.device)
@@ -78,11 +86,25 @@ def _cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig().replace(**dict(_parse_override(item, types) for item in args.overrides))
     print(f"config: {cfg}")
     out = train(cfg, data_dir=args.data_dir, progress=not args.no_progress)
-    print(json.dumps({k: out[k] for k in ("status", "metrics", "train_seconds", "device")}, indent=1))
+    print(results.dumps({k: out[k] for k in ("status", "metrics", "train_seconds", "device")}))
+    if out["status"] != "ok":
+        raise Diverged(f"training diverged (non-finite loss, weights or metrics; {out['iterations_done']} of "
+                       f"{cfg.iterations} iterations done): try a smaller lr or weight")
+
+
+class Diverged(Exception):
+    """`gradreg train` ran, but its model diverged: exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our one-line errors (argparse itself prints the usage too)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"gradreg: error: {message} (see {self.prog} --help)\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gradreg", description="Gradient regularization experiments.")
+    p = _Parser(prog="gradreg", description="Gradient regularization experiments.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="experiments, profiles and their estimated cost").set_defaults(fn=_cmd_list)
 
@@ -121,13 +143,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         args.fn(args)
+        sys.stdout.flush()
     except GradregError as err:
         print(f"gradreg: error: {err}", file=sys.stderr)
         return 2
+    except Diverged as err:
+        print(f"gradreg: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gradreg: interrupted; finished runs are stored, rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader closed the pipe (`gradreg list | head -1`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0

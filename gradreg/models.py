@@ -6,6 +6,7 @@ i.e. keep-probability 0.5) or BatchNorm.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch.nn.functional as F
@@ -88,7 +89,10 @@ def cifar_resnet(width: int = 3, blocks: int = 3, bn: bool = True, classes: int 
 
 def toy(hidden: int = 64, depth: int = 4, activation: str = "relu") -> nn.Sequential:
     """The sin(5x) net: dense 1→64, ReLU, ``depth`` × (dense 64→64, ReLU), dense 64→1."""
-    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}[activation]
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+    if activation not in acts:
+        raise GradregError(f"unknown activation {activation!r}; known: {', '.join(acts)}")
+    act = acts[activation]
     layers: list[nn.Module] = [nn.Linear(1, hidden), act()]
     for _ in range(depth):
         layers += [nn.Linear(hidden, hidden), act()]
@@ -115,8 +119,18 @@ def build(name: str, **options) -> nn.Module:
         raise GradregError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     try:
         return MODELS[name](**options)
-    except TypeError as err:
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
         raise GradregError(f"bad options for model {name!r}: {err}") from None
+
+
+def option_types(name: str) -> dict[str, tuple[type, ...]]:
+    """The keyword options a model accepts and their types, read from its builder's defaults
+    (a tuple default also accepts a list, as JSON and the command line write it)."""
+    if name not in MODELS:
+        raise GradregError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    kinds = {tuple: (tuple, list), float: (int, float)}
+    return {p.name: kinds.get(type(p.default), (type(p.default),))
+            for p in inspect.signature(MODELS[name]).parameters.values()}
 
 
 def weight_decay_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -21,7 +21,6 @@ Without randomness in the step, a stacked run reproduces the single runs to floa
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Any, Callable
 
@@ -36,7 +35,7 @@ from .errors import GradregError
 from .train import (
     TrainConfig,
     augment,
-    final_metrics,
+    finish,
     load_data,
     make_optimizer,
     make_scheduler,
@@ -171,10 +170,8 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
     for s, (c, d, g) in enumerate(zip(cfgs, data, generators)):
         start = time.perf_counter()
         model = stack.member(s, models.build(c.model, **c.model_options).to(device))
-        finite = all(torch.isfinite(p).all() for p in model.parameters())
-        metrics = final_metrics(model, d, c, g, extra_metrics) if finite else {}
-        ok = finite and all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
-        out.append({"status": "ok" if ok else "diverged", "metrics": metrics, "history": history,
+        status, metrics = finish(model, d, c, g, extra_metrics)
+        out.append({"status": status, "metrics": metrics, "history": history,
                     "iterations_done": cfg.iterations, "train_seconds": train_seconds,
                     "eval_seconds": time.perf_counter() - start, "device": str(device), "model": model,
                     "seed_batch": len(seeds)})

@@ -6,11 +6,14 @@ can be rerun exactly). ``train(cfg)`` builds data, model and optimizer from it, 
     mean_i ℓ_i  +  weight · mean_i penalty_i          (+ coupled L2 weight decay in the optimizer)
 
 for ``cfg.iterations`` steps, and returns the final-iteration metrics (no early stopping, as in the
-papers). A non-finite loss stops the run with status "diverged" instead of training on NaNs.
+papers). A non-finite loss stops the run with status "diverged" instead of training on NaNs; non-finite
+final weights or metrics mark it "diverged" too.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -64,24 +67,7 @@ class TrainConfig:
     eval_points: int | None = 2000      # cap on points used for the gradient-norm metrics
 
     def __post_init__(self) -> None:
-        for name in ("lr", "momentum", "weight_decay", "noise_sigma", "weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise GradregError(f"{name} must be a number, got {value!r}")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("augment", self.augment, AUGMENTATIONS)
-        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
-        losses.get(self.loss)
-        if self.regularizer is not None:
-            regularizers.get(self.regularizer)
-        if not (math.isfinite(self.weight) and self.weight >= 0):
-            raise GradregError(f"regularizer weight must be a finite number >= 0, got {self.weight!r}")
-        for name in ("iterations", "batch_size", "log_every"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
-                raise GradregError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise GradregError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        validate(self)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed; an unknown field name is a GradregError."""
@@ -95,9 +81,154 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise GradregError(f"unknown {name} {value!r}; known: {', '.join(choices)}")
+# ---------------------------------------------------------------- validation: one check for API and CLI
+
+# What a config may ask of each data set: input shape, classes (None: regression), and how many
+# training / test points exist at most (the files on disk may hold fewer: the loader checks that).
+DATA = {"mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000),
+        "sin5x": ((1,), None, 10**7, 10**7)}
+PROTOCOL_POOL = {"official": 60000, "paper": 50000}
+MAX_SEED = 2**63 - 1
+
+
+def _fail(message: str) -> None:
+    raise GradregError(message)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        _fail(f"unknown {name} {value!r}; known: {', '.join(choices)}")
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None, optional: bool = False) -> None:
+    """An integer (not a bool) in [low, high]; None too if ``optional``."""
+    if optional and value is None:
+        return
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        _fail(f"{name} must be an integer {bounds}{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float, *, strict: bool = False, below: float | None = None) -> None:
+    """A finite real number (not a bool) >= low (> low if ``strict``), and < below if given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(f"{name} must be a finite number, got {value!r}")
+    if value < low or (strict and value == low) or (below is not None and value >= below):
+        bound = f"{'>' if strict else '>='} {low:g}" + (f" and < {below:g}" if below is not None else "")
+        _fail(f"{name} must be {bound}, got {value!r}")
+
+
+def _check_options(what: str, options: Any, allowed: dict[str, tuple[type, ...]]) -> None:
+    """A dict of known keyword options, each of an accepted type."""
+    if not isinstance(options, dict):
+        _fail(f"{what} must be a dict, got {options!r}")
+    for key, value in options.items():
+        if key not in allowed:
+            _fail(f"unknown {what} key {key!r}; known: {', '.join(allowed) or 'none'}")
+        if not isinstance(value, allowed[key]) or (isinstance(value, bool) and bool not in allowed[key]):
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed[key])
+            _fail(f"{what} {key!r} must be {names}, got {value!r}")
+
+
+def validate(cfg: "TrainConfig") -> None:
+    """Every check a config must pass before training; each failure is one GradregError."""
+    for name in ("dataset", "model", "loss", "optimizer", "schedule", "augment", "device", "protocol"):
+        if not isinstance(getattr(cfg, name), str):
+            _fail(f"{name} must be a string, got {getattr(cfg, name)!r}")
+    _check_choice("dataset", cfg.dataset, list(DATA))
+    _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("augment", cfg.augment, AUGMENTATIONS)
+    _check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
+    _check_choice("protocol", cfg.protocol, tuple(PROTOCOL_POOL))
+    _check_choice("model", cfg.model, list(models.MODELS))
+    losses.get(cfg.loss)
+    if cfg.regularizer is not None:
+        regularizers.get(cfg.regularizer) if isinstance(cfg.regularizer, str) else _fail(
+            f"regularizer must be a name or None, got {cfg.regularizer!r}")
+    _validate_numbers(cfg)
+    _validate_sizes(cfg)
+    _validate_combination(cfg)
+    _check_model(cfg.model, _freeze(cfg.model_options), cfg.dataset, cfg.loss, _train_batch(cfg))
+
+
+def _validate_numbers(cfg: "TrainConfig") -> None:
+    _check_number("lr", cfg.lr, 0.0, strict=True)
+    _check_number("weight_decay", cfg.weight_decay, 0.0)
+    _check_number("noise_sigma", cfg.noise_sigma, 0.0)
+    _check_number("momentum", cfg.momentum, 0.0, strict=cfg.optimizer == "nesterov", below=1.0)
+    if isinstance(cfg.weight, bool) or not isinstance(cfg.weight, (int, float)) or not (
+            math.isfinite(cfg.weight) and cfg.weight >= 0):
+        _fail(f"regularizer weight must be a finite number >= 0, got {cfg.weight!r}")
+    for name in ("iterations", "batch_size", "log_every"):
+        _check_int(name, getattr(cfg, name), 1)
+    _check_int("seed", cfg.seed, 0, MAX_SEED)
+    if not isinstance(cfg.separate_pass, bool):
+        _fail(f"separate_pass must be True or False, got {cfg.separate_pass!r}")
+
+
+def _validate_sizes(cfg: "TrainConfig") -> None:
+    _, _, n_train, n_test = DATA[cfg.dataset]
+    if cfg.dataset == "mnist":
+        n_train = PROTOCOL_POOL[cfg.protocol]
+    _check_int(f"n_train ({cfg.dataset}, at most {n_train})", cfg.n_train, 1, n_train, optional=True)
+    _check_int(f"n_test ({cfg.dataset}, at most {n_test})", cfg.n_test, 1, n_test, optional=True)
+    _check_int("eval_points", cfg.eval_points, 1, optional=True)
+
+
+def _validate_combination(cfg: "TrainConfig") -> None:
+    """Settings that are fine alone but not together."""
+    shape, classes, _, _ = DATA[cfg.dataset]
+    if cfg.protocol != "official" and cfg.dataset != "mnist":
+        _fail(f"protocol {cfg.protocol!r} exists for mnist only, not {cfg.dataset}")
+    if cfg.augment != "none" and len(shape) != 3:
+        _fail(f"augment {cfg.augment!r} needs images; {cfg.dataset} has none")
+    wanted = "cross_entropy" if classes else "squared_error"
+    if cfg.loss != wanted:
+        _fail(f"loss {cfg.loss!r} does not fit {cfg.dataset} ({'classes' if classes else 'regression'}); "
+              f"use loss={wanted}")
+    if cfg.weight > 0 and cfg.regularizer is None:
+        _fail(f"weight={cfg.weight!r} given but no regularizer; set regularizer=NAME or weight=0")
+    if cfg.regularizer is None:
+        if cfg.reg_options:
+            _fail(f"reg_options {cfg.reg_options!r} given but no regularizer")
+    else:
+        _check_options("reg_options", cfg.reg_options, regularizers.options(cfg.regularizer))
+        if regularizers.get(cfg.regularizer).needs_labels and not classes:
+            _fail(f"regularizer {cfg.regularizer!r} needs class labels; {cfg.dataset} has none")
+    _check_options("model_options", cfg.model_options, models.option_types(cfg.model))
+
+
+def _train_batch(cfg: "TrainConfig") -> int:
+    """The largest minibatch a run sees (a subset smaller than the batch size is one batch)."""
+    return min(cfg.batch_size, cfg.n_train) if cfg.n_train is not None else cfg.batch_size
+
+
+def _freeze(options: dict) -> str:
+    return json.dumps(options, sort_keys=True, default=repr)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_model(model: str, options: str, dataset: str, loss: str, batch: int) -> None:
+    """Build the model and run one training-mode forward pass on a small batch shaped like the data
+    set's: catches bad option values, inputs the model cannot take and outputs the loss cannot use.
+    Runs on the CPU under a forked RNG (the caller's random state is untouched); cached."""
+    shape, classes, _, _ = DATA[dataset]
+    n = min(batch, 2)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        try:
+            net = models.build(model, **json.loads(options))
+            g = net.train()(torch.zeros(n, *shape))
+        except GradregError:
+            raise
+        except (RuntimeError, ValueError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            _fail(f"model {model!r} with options {options} cannot train on {dataset} "
+                  f"(inputs {list(shape)}, batch {n}): {first}")
+    expected = (n, classes or 1)
+    if tuple(g.shape) != expected:
+        _fail(f"model {model!r} outputs shape {list(g.shape[1:])} per example; {dataset} with loss {loss} "
+              f"needs [{expected[1]}]")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +243,7 @@ def resolve_device(name: str) -> torch.device:
 def load_data(cfg: TrainConfig, device: torch.device, data_dir: str | None = None) -> datasets.Dataset:
     """The data set a config names, on ``device`` (the subset depends on the seed)."""
     if cfg.dataset == "sin5x":
-        return datasets.sin5x(cfg.n_train or 100, cfg.seed, device=device)
+        return datasets.sin5x(cfg.n_train or 100, cfg.seed, n_test=cfg.n_test or 900, device=device)
     options: dict[str, Any] = dict(n_train=cfg.n_train, seed=cfg.seed, n_test=cfg.n_test,
                                    data_dir=data_dir, device=device)
     if cfg.dataset == "mnist":
@@ -173,7 +304,7 @@ def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
         options["loss"] = cfg.loss
     if reg.random:
         options["generator"] = generator
-    penalty = reg.penalty(model, x, y, **options).mean()
+    penalty = reg.raw(model, x, y, **options).mean()
     return task + cfg.weight * penalty, task, penalty
 
 
@@ -244,6 +375,31 @@ def final_metrics(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig, ge
     return metrics
 
 
+def finish(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig, generator: torch.Generator | None,
+           extra_metrics: Callable[[nn.Module, datasets.Dataset], dict[str, Any]] | None) -> tuple[str, dict[str, Any]]:
+    """(status, metrics) of a trained model: "ok" only if every parameter and every metric is finite.
+
+    The loss is checked once per logging window during training; the last update can still produce
+    NaN or infinite weights, so the final parameters and metrics are checked too ("diverged").
+    """
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return "diverged", {}
+    metrics = final_metrics(model, data, cfg, generator, extra_metrics)
+    finite = all(math.isfinite(v) for v in _floats(metrics))
+    return ("ok" if finite else "diverged"), metrics
+
+
+def _floats(obj: Any) -> list[float]:
+    """Every float inside a metrics value (numbers, lists of numbers, nested dicts)."""
+    if isinstance(obj, float):
+        return [obj]
+    if isinstance(obj, dict):
+        return [f for v in obj.values() for f in _floats(v)]
+    if isinstance(obj, (list, tuple)):
+        return [f for v in obj for f in _floats(v)]
+    return []
+
+
 def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: str | None = None,
           progress: bool = True,
           extra_metrics: Callable[[nn.Module, datasets.Dataset], dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -285,7 +441,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    metrics = final_metrics(model, data, cfg, generator, extra_metrics) if status == "ok" else {}
+    status, metrics = finish(model, data, cfg, generator, extra_metrics) if status == "ok" else (status, {})
     return {"status": status, "metrics": metrics, "history": history, "iterations_done": history[-1][0],
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start, "device": str(device),
             "model": model}

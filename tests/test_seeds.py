@@ -96,8 +96,10 @@ def test_train_seeds_reproduces_one_at_a_time_training():
     for seed, out in enumerate(stacked):
         alone = train(SIN.replace(seed=seed), progress=False)
         assert out["status"] == "ok" and out["seed_batch"] == 3
+        # Adam divides by √v: a rounding-level difference in a near-zero gradient entry moves that
+        # weight by up to lr (0.01) per step; measured 1.6e-5 on an AVX512 CPU after 60 steps
         for a, b in zip(out["model"].parameters(), alone["model"].parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         for key, value in alone["metrics"].items():
             assert out["metrics"][key] == pytest.approx(value, rel=1e-3), key
 
@@ -119,5 +121,5 @@ def test_run_batches_a_cells_missing_seeds_and_resumes(results_dir):
 def test_seed_batching_bench_reports_both_timings():
     out = bench.seed_batching("lenet", "datagrad", seeds=2, reps=1, steps=1, device="cpu")
     assert set(out["seconds_per_step"]) == {"one_at_a_time", "stacked"} and out["speedup"] > 0
-    with pytest.raises(GradregError, match="seeds must be at least 1"):
+    with pytest.raises(GradregError, match="--seed-batch must be a positive integer"):
         bench.seed_batching(seeds=0, device="cpu")

@@ -1,0 +1,413 @@
+"""Hostile inputs: every one ends in exactly one clear error and changes no file.
+
+The same table of bad settings is tried through the API (``TrainConfig(...)`` raises GradregError)
+and through the command line in a subprocess (exit status 2, one ``gradreg: error:`` line on
+stderr, no traceback, no file created or changed in the results folder, the data folder or the
+current directory). Damaged results files, unwritable results folders, bad ``bench``/``run``
+arguments and the data-folder errors are tried through the command line too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from gradreg import experiments, results
+from gradreg.errors import GradregError
+from gradreg.train import TrainConfig
+
+from conftest import shared_data
+
+INF = float("inf")
+
+# (API keyword arguments of TrainConfig, the same as `gradreg train` tokens, a fragment of the message)
+SETTINGS: list[tuple[dict[str, Any], list[str], str]] = [
+    ({"n_train": 0}, ["n_train=0"], "n_train"),
+    ({"n_train": -5}, ["n_train=-5"], "n_train"),
+    ({"n_train": 2.5}, ["n_train=2.5"], "n_train"),
+    ({"n_train": True}, ["n_train=True"], "n_train"),
+    ({"n_train": 70000}, ["n_train=70000"], "at most 60000"),
+    ({"n_train": 55000, "protocol": "paper"}, ["n_train=55000", "protocol=paper"], "at most 50000"),
+    ({"n_test": 0}, ["n_test=0"], "n_test"),
+    ({"n_test": 20000}, ["n_test=20000"], "at most 10000"),
+    ({"eval_points": 0}, ["eval_points=0"], "eval_points"),
+    ({"seed": 1.5}, ["seed=1.5"], "seed must be an integer"),
+    ({"seed": -1}, ["seed=-1"], "seed must be an integer"),
+    ({"seed": 10**25}, ["seed=10000000000000000000000000"], "seed must be an integer"),
+    ({"lr": INF}, ["lr=1e999"], "lr must be a finite number"),
+    ({"lr": float("nan")}, ["lr=nan"], "lr must be a finite number"),
+    ({"lr": 0.0}, ["lr=0"], "lr must be > 0"),
+    ({"weight_decay": INF}, ["weight_decay=1e999"], "weight_decay must be a finite number"),
+    ({"weight_decay": -1e-4}, ["weight_decay=-1e-4"], "weight_decay must be >= 0"),
+    ({"momentum": -0.5}, ["momentum=-0.5"], "momentum must be"),
+    ({"optimizer": "nesterov", "momentum": 0.0}, ["optimizer=nesterov", "momentum=0"], "momentum must be > 0"),
+    ({"noise_sigma": -1.0}, ["noise_sigma=-1"], "noise_sigma must be >= 0"),
+    ({"batch_size": True}, ["batch_size=True"], "batch_size must be an integer"),
+    ({"batch_size": 0}, ["batch_size=0"], "batch_size must be an integer"),
+    ({"iterations": 0}, ["iterations=0"], "iterations must be an integer"),
+    ({"log_every": 2.0}, ["log_every=2.0"], "log_every must be an integer"),
+    ({"separate_pass": 1}, ["separate_pass=1"], "separate_pass must be True or False"),
+    ({"weight": 5.0}, ["weight=5"], "no regularizer"),
+    ({"regularizer": "datagrad", "weight": -1.0}, ["regularizer=datagrad", "weight=-1"], "weight must be"),
+    ({"regularizer": "gradnorm", "weight": 1.0}, ["regularizer=gradnorm", "weight=1"], "unknown regularizer"),
+    ({"reg_options": {"r": None}}, ["reg_options={'r': None}"], "no regularizer"),
+    ({"regularizer": "spectreg", "weight": 0.1, "reg_options": {"foo": 1}},
+     ["regularizer=spectreg", "weight=0.1", "reg_options={'foo': 1}"], "unknown reg_options key 'foo'"),
+    ({"regularizer": "spectreg", "weight": 0.1, "reg_options": 5},
+     ["regularizer=spectreg", "weight=0.1", "reg_options=5"], "reg_options must be a dict"),
+    ({"regularizer": "spectreg", "weight": 0.1, "reg_options": {"spherical": "yes"}},
+     ["regularizer=spectreg", "weight=0.1", "reg_options={'spherical': 'yes'}"], "reg_options 'spherical' must be"),
+    ({"regularizer": "frobreg", "weight": 0.1, "reg_options": {"vectorized": 1}},
+     ["regularizer=frobreg", "weight=0.1", "reg_options={'vectorized': 1}"], "reg_options 'vectorized' must be"),
+    ({"model_options": {"head": "x"}}, ["model_options={'head': 'x'}"], "unknown head 'x'"),
+    ({"model_options": {"width": 3}}, ["model_options={'width': 3}"], "unknown model_options key 'width'"),
+    ({"model_options": [1]}, ["model_options=[1]"], "model_options must be a dict"),
+    ({"model": "toy", "model_options": {"activation": "sine"}},
+     ["model=toy", "model_options={'activation': 'sine'}"], "unknown activation 'sine'"),
+    ({"model": "resnet50"}, ["model=resnet50"], "unknown model 'resnet50'"),
+    ({"dataset": "imagenet"}, ["dataset=imagenet"], "unknown dataset 'imagenet'"),
+    ({"dataset": "cifar10"}, ["dataset=cifar10"], "cannot train on cifar10"),
+    ({"model": "toy"}, ["model=toy"], "cannot train on mnist"),
+    ({"dataset": "sin5x", "model": "toy"}, ["dataset=sin5x", "model=toy"], "does not fit sin5x"),
+    ({"dataset": "sin5x", "loss": "squared_error"}, ["dataset=sin5x", "loss=squared_error"], "cannot train on sin5x"),
+    ({"loss": "squared_error"}, ["loss=squared_error"], "does not fit mnist"),
+    ({"loss": "hinge"}, ["loss=hinge"], "unknown loss 'hinge'"),
+    ({"dataset": "sin5x", "model": "toy", "loss": "squared_error", "regularizer": "onehot", "weight": 1.0},
+     ["dataset=sin5x", "model=toy", "loss=squared_error", "regularizer=onehot", "weight=1"], "needs class labels"),
+    ({"model_options": {"head": "batchnorm"}, "batch_size": 1},
+     ["model_options={'head': 'batchnorm'}", "batch_size=1"], "Expected more than 1 value per channel"),
+    ({"model_options": {"head": "batchnorm"}, "n_train": 1},
+     ["model_options={'head': 'batchnorm'}", "n_train=1"], "Expected more than 1 value per channel"),
+    ({"protocol": "kaggle"}, ["protocol=kaggle"], "unknown protocol 'kaggle'"),
+    ({"dataset": "cifar10", "model": "cifar_resnet", "protocol": "paper"},
+     ["dataset=cifar10", "model=cifar_resnet", "protocol=paper"], "exists for mnist only"),
+    ({"dataset": "sin5x", "model": "toy", "loss": "squared_error", "augment": "shift"},
+     ["dataset=sin5x", "model=toy", "loss=squared_error", "augment=shift"], "needs images"),
+    ({"augment": "rotate"}, ["augment=rotate"], "unknown augment"),
+    ({"device": "tpu"}, ["device=tpu"], "unknown device 'tpu'"),
+    ({"optimizer": 3}, ["optimizer=3"], "optimizer must be a string"),
+]
+
+
+@pytest.mark.parametrize("kwargs, _tokens, message", SETTINGS, ids=[" ".join(t) for _, t, _ in SETTINGS])
+def test_bad_setting_is_one_gradreg_error(kwargs, _tokens, message):
+    with pytest.raises(GradregError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        TrainConfig(**kwargs)
+
+
+def test_good_settings_of_every_registered_experiment_still_pass():
+    for exp in experiments.REGISTRY.values():
+        for profile in exp.profiles:
+            assert exp.configs(profile)          # each config was validated when built
+
+
+def test_validation_leaves_the_random_state_alone():
+    import torch
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    TrainConfig(model="lenettuned", model_options={"head": "dropout"}, n_train=123)   # a fresh model check
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ---------------------------------------------------------------- the command line, in subprocesses
+
+@dataclass
+class Case:
+    """A command line and what it must end in; ``setup(folder)`` prepares files and returns extra args."""
+
+    id: str
+    args: list[str]
+    message: str
+    setup: Callable[[Path], list[str]] = field(default=lambda folder: [])
+
+
+def _results_file(text: str | None, directory: bool = False) -> Callable[[Path], list[str]]:
+    """A results folder whose sin5x smoke file holds ``text`` (or is a directory)."""
+    def setup(folder: Path) -> list[str]:
+        path = folder / "results" / "sin5x" / "smoke.json"
+        path.parent.mkdir(parents=True)
+        path.mkdir() if directory else path.write_text(text)
+        return ["--results-dir", str(folder / "results")]
+    return setup
+
+
+def _results_dir_is_a_file(folder: Path) -> list[str]:
+    (folder / "results").write_text("not a folder")
+    return ["--results-dir", str(folder / "results")]
+
+
+def _results_dir_under_a_file(folder: Path) -> list[str]:
+    (folder / "results").write_text("not a folder")
+    return ["--results-dir", str(folder / "results" / "deeper")]
+
+
+def _mnist_copy(break_it: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    """A data folder with MNIST linked from the shared copy, one file broken by ``break_it``."""
+    def setup(folder: Path) -> list[str]:
+        raw = folder / "data" / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for f in (shared_data() / "MNIST" / "raw").iterdir():
+            (raw / f.name).symlink_to(f)
+        break_it(raw)
+        return ["--data-dir", str(folder / "data")]
+    return setup
+
+
+def _dir_in_place_of(name: str) -> Callable[[Path], None]:
+    def break_it(raw: Path) -> None:
+        (raw / name).unlink()
+        (raw / name).mkdir()
+    return break_it
+
+
+GOOD_RECORD = {"cell": "none", "seed": 0, "status": "ok", "metrics": {}}
+RUN = ["run", "sin5x", "--profile", "smoke", "--no-progress", "--device", "cpu"]
+TRAIN = ["train", "--no-progress", "iterations=1", "n_train=100", "n_test=100", "eval_points=10", "device='cpu'"]
+CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, tokens, message in SETTINGS] + [
+    Case("train no equals sign", ["train", "lr"], "expected key=value"),
+    Case("train unknown key", ["train", "learning_rate=0.1"], "unknown config key 'learning_rate'"),
+    # class 4: damaged results files: one message naming the file; the file is kept as it was
+    Case("results {", RUN, "is not valid JSON", _results_file("{")),
+    Case("results truncated", RUN, "is not valid JSON",
+         _results_file(json.dumps({"records": [GOOD_RECORD, GOOD_RECORD]})[:-20])),
+    Case("results empty", RUN, "is not valid JSON", _results_file("")),
+    Case("results a list", RUN, 'expected an object with a "records" list', _results_file("[]")),
+    Case("results null record", RUN, "record 0 is NoneType", _results_file('{"records": [null]}')),
+    Case("results record without seed", RUN, "lacks a string cell or an integer seed",
+         _results_file(json.dumps({"records": [{"cell": "none", "status": "ok", "metrics": {}}]}))),
+    Case("results NaN token", RUN, "non-standard JSON constant NaN",
+         _results_file('{"records": [{"cell": "none", "seed": 0, "status": "ok", "metrics": {"x": NaN}}]}')),
+    Case("results a directory", RUN, "is a directory", _results_file(None, directory=True)),
+    # class 5: the results location must be writable before any training
+    Case("results dir is a file", RUN, "is not writable", _results_dir_is_a_file),
+    Case("results dir under a file", RUN, "is not writable", _results_dir_under_a_file),
+    Case("bench --save into a file", ["bench", "--save", "--reps", "1", "--steps", "1"], "is not writable",
+         _results_dir_is_a_file),
+    # class 7: bench and run arguments
+    Case("bench --reps 0", ["bench", "--reps", "0"], "--reps must be a positive integer"),
+    Case("bench --steps 0", ["bench", "--steps", "0"], "--steps must be a positive integer"),
+    Case("bench --batch-size 0", ["bench", "--batch-size", "0"], "--batch-size must be a positive integer"),
+    Case("bench --batch-size -1", ["bench", "--batch-size", "-1"], "--batch-size must be a positive integer"),
+    Case("bench --seed-batch -1", ["bench", "--seed-batch", "-1"], "--seed-batch must be >= 0"),
+    Case("bench --model toy", ["bench", "--model", "toy"], "bench supports models"),
+    Case("bench --seed-batch 2 --regularizer nope", ["bench", "--seed-batch", "2", "--regularizer", "nope"],
+         "unknown regularizer 'nope'"),
+    Case("bench --reps x", ["bench", "--reps", "x"], "invalid int value: 'x'"),
+    Case("run --seeds 10**8", [*RUN, "--seeds", "100000000"], "--seeds must be an integer from 1 to 1000"),
+    Case("run --seeds 0", [*RUN, "--seeds", "0"], "--seeds must be an integer from 1 to 1000"),
+    Case("run --seeds -3", [*RUN, "--seeds", "-3"], "--seeds must be an integer from 1 to 1000"),
+    Case("run without --profile", ["run", "sin5x"], "the following arguments are required: --profile"),
+    Case("run unknown option", [*RUN, "--fast"], "unrecognized arguments: --fast"),
+    Case("unknown command", ["fly"], "invalid choice: 'fly'"),
+    Case("run unknown experiment", ["run", "imagenet", "--profile", "smoke"], "unknown experiment 'imagenet'"),
+    Case("run unknown profile", ["run", "sin5x", "--profile", "huge"], "unknown profile 'huge'"),
+    Case("run --device tpu", ["run", "sin5x", "--profile", "smoke", "--device", "tpu"], "invalid choice: 'tpu'"),
+    # class 9: data folders and files that cannot be used
+    Case("data dir empty", [*TRAIN, "--data-dir", ""], "--data-dir is empty"),
+    Case("run data dir empty", [*RUN, "--data-dir", ""], "--data-dir is empty"),
+    Case("data dir missing", [*TRAIN, "--data-dir", "/nonexistent/data"], "does not exist"),
+    Case("MNIST file is a directory", TRAIN, "train-images-idx3-ubyte.gz",
+         _mnist_copy(_dir_in_place_of("train-images-idx3-ubyte.gz"))),
+]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None: a folder). Lock and claim files — the
+    store's sidecars — are left out: taking a lock is not changing a file."""
+    snap: dict[str, bytes | None] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if ".lock" in p.name or ".claims" in rel:
+            continue
+        snap[rel] = None if p.is_dir() or p.is_symlink() and not p.is_file() else p.read_bytes()
+    return snap
+
+
+def _run_case(case: Case, folder: Path) -> dict[str, Any]:
+    folder.mkdir(parents=True)
+    extra = case.setup(folder)
+    before = _snapshot(folder)
+    env = {**os.environ, "GRADREG_RESULTS": str(folder / "default-results"), "GRADREG_DATA": str(shared_data()),
+           "PYTHONWARNINGS": "ignore"}
+    cwd = folder / "cwd"
+    cwd.mkdir()
+    out = subprocess.run([sys.executable, "-m", "gradreg", *case.args, *extra], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=cwd)
+    return {"rc": out.returncode, "stderr": out.stderr, "before": before,
+            "after": {k: v for k, v in _snapshot(folder).items() if k != "cwd"}}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, dict[str, Any]]:
+    """Every CLI case, run two at a time (each is a Python start-up importing torch)."""
+    root = tmp_path_factory.mktemp("cli")
+    with ThreadPoolExecutor(2) as pool:
+        futures = {c.id: pool.submit(_run_case, c, root / f"case{i}") for i, c in enumerate(CASES)}
+        return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_cli_bad_input_is_one_line_exit_2_and_no_file_changed(case, outcomes):
+    out = outcomes[case.id]
+    lines = out["stderr"].strip().splitlines()
+    assert "Traceback" not in out["stderr"]
+    assert out["rc"] == 2, out["stderr"]
+    assert len(lines) == 1 and lines[0].startswith("gradreg: error:"), out["stderr"]
+    assert case.message in lines[0], lines[0]
+    assert out["after"] == {k: v for k, v in out["before"].items() if k != "cwd"}, "a file was created or changed"
+
+
+def test_suite_covers_every_class():
+    """The table is not allowed to shrink silently: about 90 hostile inputs across the classes."""
+    assert len(SETTINGS) >= 50 and len(CASES) >= len(SETTINGS) + 30
+
+
+# ---------------------------------------------------------------- the API: damaged files, failing writes
+
+@pytest.mark.parametrize("text", ["{", "", "[]", '{"records": [null]}', '{"records": [{"cell": "a"}]}'])
+def test_load_of_a_damaged_results_file_is_one_error_and_keeps_the_file(text, results_dir):
+    path = results.Store("sin5x", "smoke", results_dir).path
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(GradregError, match=f"{path}"):
+        experiments.load("sin5x", "smoke", results_dir=str(results_dir))
+    with pytest.raises(GradregError, match=f"{path}"):
+        experiments.run("sin5x", "smoke", results_dir=str(results_dir), progress=False, log=lambda _: None)
+    assert path.read_text() == text
+
+
+def _failing(errno_: int):
+    def fail(*args, **kwargs):
+        raise OSError(errno_, os.strerror(errno_))
+    return fail
+
+
+def test_full_disk_keeps_the_old_file_and_leaves_no_temporary_file(results_dir, monkeypatch):
+    import errno
+    store = results.Store("sin5x", "smoke", results_dir)
+    store.add({**GOOD_RECORD})
+    before = store.path.read_bytes()
+    monkeypatch.setattr(os, "fsync", _failing(errno.ENOSPC))
+    with pytest.raises(GradregError, match="No space left on device"):
+        store.add({**GOOD_RECORD, "seed": 1})
+    assert store.path.read_bytes() == before
+    assert not list(store.path.parent.glob("*.tmp"))
+
+
+def test_bench_save_on_a_full_disk_keeps_the_old_result(tmp_path, monkeypatch):
+    import errno
+
+    from gradreg import bench
+    result = {"device": "cpu", "ratio": {"datagrad": 2.0}}
+    saved = bench.save(result, str(tmp_path))
+    before = saved.read_bytes()
+    monkeypatch.setattr(os, "fsync", _failing(errno.ENOSPC))
+    with pytest.raises(GradregError, match="No space left on device"):
+        bench.save({**result, "ratio": {"datagrad": 3.0}}, str(tmp_path))
+    assert saved.read_bytes() == before and not list(saved.parent.glob("*.tmp"))
+
+
+def test_unwritable_results_folder_fails_before_any_training(results_dir, monkeypatch):
+    import errno
+    monkeypatch.setattr(Path, "write_bytes", _failing(errno.EACCES))          # the writability probe
+    monkeypatch.setattr(experiments, "train", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(GradregError, match="is not writable .*Permission denied"):
+        experiments.run("sin5x", "smoke", results_dir=str(results_dir), progress=False, log=lambda _: None)
+
+
+def test_orphan_temporary_files_are_removed_at_the_next_start(results_dir):
+    store = results.Store("sin5x", "smoke", results_dir)
+    store.path.parent.mkdir(parents=True)
+    orphan = store.path.parent / ".smoke.json.abc123.tmp"        # what a writer killed mid-write leaves
+    orphan.write_text('{"half": ')
+    store.prepare()
+    assert not orphan.exists()
+
+
+# ---------------------------------------------------------------- NaN is never "ok", and JSON stays strict
+
+def _strict(text: str) -> Any:
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_a_nan_from_the_last_update_is_diverged_and_exits_1(data_dir, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gradreg", "train", "lr=1e10", "iterations=1", "n_train=100",
+                          "n_test=100", "eval_points=10", "device='cpu'", "--no-progress", "--data-dir",
+                          str(data_dir)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().startswith("gradreg: training diverged") and "Traceback" not in out.stderr
+    printed = _strict(out.stdout[out.stdout.index("\n{") + 1:])     # after the "config: ..." line
+    assert printed["status"] == "diverged"
+
+
+def test_diverged_records_are_stored_as_strict_json(results_dir, monkeypatch):
+    import importlib
+
+    import torch
+    train_mod = importlib.import_module("gradreg.train")    # the module (gradreg.train is the function)
+    real = train_mod.final_metrics
+
+    def nan_metrics(*args, **kwargs):
+        return {**real(*args, **kwargs), "test_loss": float("nan"), "curve": [1.0, float("inf")]}
+    monkeypatch.setattr(train_mod, "final_metrics", nan_metrics)
+    recs = experiments.run("sin5x", "smoke", device="cpu", progress=False, log=lambda _: None)
+    assert {r["status"] for r in recs} == {"diverged"}
+    stored = _strict(results.Store("sin5x", "smoke", results_dir).path.read_text())
+    assert stored["records"][0]["metrics"]["test_loss"] is None
+    assert stored["records"][0]["metrics"]["curve"] == [1.0, None]
+    assert torch.isfinite(torch.tensor(stored["records"][0]["metrics"]["slope_grid"]))
+
+
+def test_strict_turns_every_non_finite_number_into_null():
+    assert results.strict({"a": [1.0, float("nan"), {"b": -INF}], "c": (INF, 2)}) == {
+        "a": [1.0, None, {"b": None}], "c": [None, 2]}
+    with pytest.raises(ValueError):
+        json.dumps(float("nan"), allow_nan=False)              # what dumps() relies on
+    assert "NaN" not in results.dumps({"x": float("nan")})
+
+
+# ---------------------------------------------------------------- broken pipe and Ctrl-C at start-up
+
+def test_list_into_a_closed_pipe_ends_quietly(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gradreg", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()                                  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=120)
+    assert err == b"" and proc.returncode == 141
+
+
+def test_list_fits_the_longest_experiment_name():
+    out = subprocess.run([sys.executable, "-m", "gradreg", "list"], capture_output=True, text=True, timeout=120)
+    for line in out.stdout.splitlines()[1:]:
+        name, profile = line.split()[:2]
+        assert name in experiments.REGISTRY and profile in experiments.PROFILES, line
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.6])
+def test_ctrl_c_during_start_up_is_one_line_and_status_130(delay, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gradreg", "list"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    time.sleep(delay)                                    # python is still importing torch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 130, err.decode()
+    assert len(lines) == 1 and lines[0].startswith("gradreg: interrupted"), err.decode()
+
+
+def test_snapshot_sees_changes(tmp_path):
+    """The 'no file changed' check itself can fail."""
+    (tmp_path / "a").write_text("x")
+    before = _snapshot(tmp_path)
+    (tmp_path / "a").write_text("y")
+    assert _snapshot(tmp_path) != before
