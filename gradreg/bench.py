@@ -123,7 +123,7 @@ def table(result: dict[str, Any]) -> str:
 def path(device: str = "cpu", results_dir: str | None = None, kind: str = "") -> Path:
     """Where a saved bench result lives: ``results/bench/<device>.json`` (regularizer costs) or
     ``results/bench/<kind>-<device>.json`` (``kind="seeds"``: seed batching)."""
-    return Path(results_dir or results_store.default_dir()) / "bench" / f"{kind + '-' if kind else ''}{device}.json"
+    return results_store.root_dir(results_dir) / "bench" / f"{kind + '-' if kind else ''}{device}.json"
 
 
 def save(result: dict[str, Any], results_dir: str | None = None, kind: str = "") -> Path:

@@ -148,6 +148,7 @@ def _download(urls: list[str], dest: Path, checksum: str) -> None:
         try:
             urllib.request.urlretrieve(url, tmp)
         except OSError as err:
+            tmp.unlink(missing_ok=True)  # no partial download left behind
             errors.append(f"{url}: {err}")
             continue
         if md5(tmp) != checksum:

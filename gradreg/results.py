@@ -50,6 +50,17 @@ def default_dir() -> Path:
     return root / "results" if root else Path("results")
 
 
+def root_dir(root: str | os.PathLike | None = None) -> Path:
+    """The results folder: ``root`` if given, else ``default_dir()``. An explicitly empty
+    ``--results-dir ''`` is an error, not a silent fall-back to the default folder."""
+    if root is None:
+        return default_dir()
+    if not os.fspath(root).strip():
+        raise GradregError("--results-dir is empty; give a folder, or leave the option out to use "
+                           "$GRADREG_RESULTS or the checkout's results/")
+    return Path(root).expanduser()
+
+
 def git_commit() -> str:
     """The checkout's commit, with "+dirty" when tracked files differ from it; "unknown" outside git."""
     root = repo_root() or Path.cwd()
@@ -169,7 +180,7 @@ class Store:
     """Records of one (experiment, profile), kept in one JSON file, with its lock and claims."""
 
     def __init__(self, experiment: str, profile: str, root: str | os.PathLike | None = None):
-        self.path = Path(root or default_dir()) / experiment / f"{profile}.json"
+        self.path = root_dir(root) / experiment / f"{profile}.json"
         self.experiment, self.profile = experiment, profile
         self.lock_path = self.path.with_name(f".{profile}.json.lock")
         self.claims = self.path.with_name(f".{profile}.claims")

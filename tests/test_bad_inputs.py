@@ -191,6 +191,8 @@ CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, t
     # class 5: the results location must be writable before any training
     Case("results dir is a file", RUN, "is not writable", _results_dir_is_a_file),
     Case("results dir under a file", RUN, "is not writable", _results_dir_under_a_file),
+    Case("run results dir empty", [*RUN, "--results-dir", ""], "--results-dir is empty"),
+    Case("bench --save results dir empty", ["bench", "--save", "--results-dir", ""], "--results-dir is empty"),
     Case("bench --save into a file", ["bench", "--save", "--reps", "1", "--steps", "1"], "is not writable",
          _results_dir_is_a_file),
     # class 7: bench and run arguments
@@ -393,10 +395,13 @@ def test_list_fits_the_longest_experiment_name():
         assert name in experiments.REGISTRY and profile in experiments.PROFILES, line
 
 
-@pytest.mark.parametrize("delay", [0.2, 0.6])
-def test_ctrl_c_during_start_up_is_one_line_and_status_130(delay, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "gradreg", "list"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=tmp_path)
+SCRIPT = str(Path(sys.executable).parent / "gradreg")      # the console script pip installed
+
+
+@pytest.mark.parametrize("command, delay", [([sys.executable, "-m", "gradreg"], 0.2),
+                                            ([sys.executable, "-m", "gradreg"], 0.6), ([SCRIPT], 0.4)])
+def test_ctrl_c_during_start_up_is_one_line_and_status_130(command, delay, tmp_path):
+    proc = subprocess.Popen([*command, "list"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     time.sleep(delay)                                    # python is still importing torch
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
