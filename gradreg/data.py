@@ -130,6 +130,8 @@ def _unreadable(path: Path, err: BaseException, what: str) -> GradregError:
 def md5(path: Path) -> str:
     """MD5 hex digest of a file, read in 1 MiB chunks; an unreadable file is a GradregError naming it."""
     h = hashlib.md5()
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):  # /dev/zero would never end
+        raise GradregError(f"{path} is not a regular file (a pipe or a device?); put the original file in its place")
     try:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

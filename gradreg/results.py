@@ -106,11 +106,14 @@ def _refuse_constant(name: str) -> None:
 
 
 def read_json(path: Path, what: str) -> Any:
-    """Parse a strict-JSON file; anything unreadable is one GradregError naming the file."""
+    """Parse a strict-JSON file; anything unreadable is one GradregError naming the file. Only a
+    regular file is opened (reading a named pipe in its place would wait forever)."""
     try:
+        if path.is_dir():
+            raise GradregError(f"{what} {path} is a directory, not a file; move it aside")
+        if path.exists() and not path.is_file():
+            raise GradregError(f"{what} {path} is not a regular file (a pipe or a device?); move it aside")
         return json.loads(path.read_text(), parse_constant=_refuse_constant)
-    except IsADirectoryError:
-        raise GradregError(f"{what} {path} is a directory, not a file; move it aside") from None
     except OSError as err:
         raise GradregError(f"cannot read {what} {path}: {err.strerror or err}") from None
     except (ValueError, UnicodeDecodeError) as err:

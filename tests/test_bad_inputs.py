@@ -141,6 +141,14 @@ def _results_file(text: str | None, directory: bool = False) -> Callable[[Path],
     return setup
 
 
+def _results_fifo(folder: Path) -> list[str]:
+    """A named pipe in the results file's place: reading it would wait forever for a writer."""
+    path = folder / "results" / "sin5x" / "smoke.json"
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    return ["--results-dir", str(folder / "results")]
+
+
 def _results_dir_is_a_file(folder: Path) -> list[str]:
     (folder / "results").write_text("not a folder")
     return ["--results-dir", str(folder / "results")]
@@ -170,6 +178,14 @@ def _dir_in_place_of(name: str) -> Callable[[Path], None]:
     return break_it
 
 
+def _endless(name: str) -> Callable[[Path], None]:
+    """The file replaced by a link to /dev/zero: a reader that does not check would never finish."""
+    def break_it(raw: Path) -> None:
+        (raw / name).unlink()
+        (raw / name).symlink_to("/dev/zero")
+    return break_it
+
+
 GOOD_RECORD = {"cell": "none", "seed": 0, "status": "ok", "metrics": {}}
 RUN = ["run", "sin5x", "--profile", "smoke", "--no-progress", "--device", "cpu"]
 TRAIN = ["train", "--no-progress", "iterations=1", "n_train=100", "n_test=100", "eval_points=10", "device='cpu'"]
@@ -188,6 +204,7 @@ CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, t
     Case("results NaN token", RUN, "non-standard JSON constant NaN",
          _results_file('{"records": [{"cell": "none", "seed": 0, "status": "ok", "metrics": {"x": NaN}}]}')),
     Case("results a directory", RUN, "is a directory", _results_file(None, directory=True)),
+    Case("results a named pipe", RUN, "is not a regular file", _results_fifo),
     # class 5: the results location must be writable before any training
     Case("results dir is a file", RUN, "is not writable", _results_dir_is_a_file),
     Case("results dir under a file", RUN, "is not writable", _results_dir_under_a_file),
@@ -220,6 +237,7 @@ CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, t
     Case("data dir missing", [*TRAIN, "--data-dir", "/nonexistent/data"], "does not exist"),
     Case("MNIST file is a directory", TRAIN, "train-images-idx3-ubyte.gz",
          _mnist_copy(_dir_in_place_of("train-images-idx3-ubyte.gz"))),
+    Case("MNIST file is /dev/zero", TRAIN, "is not a regular file", _mnist_copy(_endless("t10k-labels-idx1-ubyte.gz"))),
 ]
 
 
@@ -231,7 +249,10 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
         rel = str(p.relative_to(folder))
         if ".lock" in p.name or ".claims" in rel:
             continue
-        snap[rel] = None if p.is_dir() or p.is_symlink() and not p.is_file() else p.read_bytes()
+        if p.is_dir() or (p.is_symlink() and not p.is_file()):
+            snap[rel] = None
+        else:   # a regular file's bytes; a pipe or device is only noted (reading it could block)
+            snap[rel] = p.read_bytes() if p.is_file() else b"<not a regular file>"
     return snap
 
 
