@@ -18,10 +18,11 @@ from . import models, regularizers
 from . import results as results_store
 from .errors import GradregError
 from .seeds import SeedStack
-from .train import TrainConfig, make_optimizer, resolve_device
+from .train import DATA, TrainConfig, make_optimizer, resolve_device
 from .train import step as train_step
 
-INPUT_SHAPE = {"lenet": (1, 28, 28), "lenettuned": (1, 28, 28), "mlp": (1, 28, 28), "cifar_resnet": (3, 32, 32)}
+DATASET = {"lenet": "mnist", "lenettuned": "mnist", "mlp": "mnist", "cifar_resnet": "cifar10"}  # what each model eats
+LIMITS = {"batch_size": 10_000, "reps": 10_000, "steps": 10_000, "seed_batch": 1_000}  # beyond: a typo
 
 
 def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
@@ -36,18 +37,25 @@ def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
 
 def _batch(model: str, n: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed random input batch of n examples shaped for ``model``, and labels, on ``dev``."""
-    if model not in INPUT_SHAPE:
-        raise GradregError(f"bench supports models {', '.join(INPUT_SHAPE)}; got {model!r}")
+    shape = DATA[_dataset(model)][0]
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(n, *INPUT_SHAPE[model], generator=gen).to(dev),
+    return (torch.randn(n, *shape, generator=gen).to(dev),
             torch.randint(10, (n,), generator=gen).to(dev))
 
 
+def _dataset(model: str) -> str:
+    """The data set whose input shape the bench feeds ``model``; only the models in DATASET."""
+    if not isinstance(model, str) or model not in DATASET:
+        raise GradregError(f"bench supports models {', '.join(DATASET)}; got {model!r}")
+    return DATASET[model]
+
+
 def _check_counts(**counts: int) -> None:
-    """Timing parameters are positive integers (``--reps``, ``--steps``, ``--batch-size``, …)."""
+    """Timing parameters are positive integers (``--reps``, ``--steps``, ``--batch-size``, …), within LIMITS."""
     for name, value in counts.items():
-        if type(value) is not int or value < 1:
-            raise GradregError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if type(value) is not int or not 1 <= value <= LIMITS[name]:
+            raise GradregError(f"--{name.replace('_', '-')} must be a positive integer up to {LIMITS[name]:,}, "
+                               f"got {value!r}")
 
 
 def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torch.device) -> dict[str, float]:
@@ -77,7 +85,7 @@ def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int 
     for name in names:
         regularizers.get(name)
     x, y = _batch(model, batch_size, dev)
-    base = TrainConfig(model=model)
+    base = TrainConfig(model=model, dataset=_dataset(model))
     variants = {"plain": _stepper(base, x, y)}
     variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
     median = _time_interleaved(variants, reps, steps, dev)
@@ -94,7 +102,8 @@ def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", se
     """
     _check_counts(seed_batch=seeds, batch_size=batch_size, reps=reps, steps=steps)
     dev = resolve_device(device)
-    cfg = TrainConfig(model=model, regularizer=regularizer, weight=0.01 if regularizer else 0.0)
+    cfg = TrainConfig(model=model, dataset=_dataset(model), regularizer=regularizer,
+                      weight=0.01 if regularizer else 0.0)
     x, y = _batch(model, seeds * batch_size, dev)
     gen = torch.Generator().manual_seed(0)
     singles = [_stepper(cfg, x[s * batch_size: (s + 1) * batch_size], y[s * batch_size: (s + 1) * batch_size])

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 from . import bench as bench_mod
@@ -76,7 +77,7 @@ def _parse_override(item: str, types: dict[str, Any]) -> tuple[str, Any]:
         raise GradregError(f"unknown config key {key!r}; known: {', '.join(types)}")
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # not a literal: a bare word
         value = text
     return key, value
 
@@ -142,7 +143,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. CIFAR-10 files that are not the official ones) as one line each, like errors."""
+    print(f"gradreg: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):      # a terminal that cannot show "×" gets "\xd7", not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    warnings.showwarning = _warning_line
     try:
         args = parser().parse_args(argv)
         args.fn(args)
@@ -160,4 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         # the reader closed the pipe (`gradreg list | head -1`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:
+        # every file the package writes reports its own GradregError; what is left is our output
+        # stream (`gradreg list > /dev/full`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"gradreg: error: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        return 2
     return 0

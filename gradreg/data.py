@@ -20,7 +20,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
+import inspect
 import math
+import numbers
 import os
 import pickle
 import tarfile
@@ -57,6 +59,8 @@ CIFAR10_BATCH_MD5 = {  # batch file -> MD5 of the original file (the values torc
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
+MAX_SEED = 2**63 - 1   # the largest seed a torch.Generator takes as a signed 64-bit integer
+SIN5X_MAX = 10**7      # sin(5x) points: beyond this the toy is a typo, and memory would run out first
 
 
 @dataclass
@@ -85,21 +89,43 @@ class Dataset:
 
 # ---------------------------------------------------------------- where the files are
 
+def _expand(text: str, origin: str) -> Path:
+    """``text`` as a path with a leading ``~`` / ``~user`` expanded; an unknown user is a GradregError
+    (``Path.expanduser`` raises a bare RuntimeError that names neither the value nor where it came from)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise GradregError(f"data directory {text!r} (from {origin}) starts with '~' but that home directory "
+                           "cannot be determined (no such user?); give the folder as a full path") from None
+
+
+def _default_dir() -> Path:
+    """``~/.cache/gradreg``; a process without a home directory gets a GradregError saying what to set."""
+    try:
+        return Path.home() / ".cache" / "gradreg"
+    except (RuntimeError, KeyError):
+        raise GradregError("no home directory for the default data folder ~/.cache/gradreg; set "
+                           "GRADREG_DATA or pass --data-dir") from None
+
+
 def data_dir(explicit: str | os.PathLike | None = None) -> tuple[Path, str]:
-    """The data directory and where that choice came from (for error messages).
+    """The data directory and where that choice came from (for error messages); creates nothing.
 
     An explicitly empty ``--data-dir ''`` is an error, not the current directory (where downloads would
-    create folders); an empty ``$GRADREG_DATA`` means unset.
+    create folders); an empty ``$GRADREG_DATA`` means unset. ``explicit`` must be a str or os.PathLike.
     """
     if explicit is not None:
-        if not os.fspath(explicit).strip():
+        text = os.fspath(explicit) if isinstance(explicit, (str, os.PathLike)) else None
+        if not isinstance(text, str):  # 5, b"/tmp", a PathLike of bytes: no folder we would name right
+            raise GradregError(f"--data-dir must be a path (a str or os.PathLike), got {explicit!r}")
+        if not text.strip():
             raise GradregError("--data-dir is empty; give a folder that holds MNIST/raw/ or "
                                "cifar-10-batches-py/, or leave the option out to use $GRADREG_DATA or "
                                "~/.cache/gradreg")
-        return Path(explicit).expanduser(), "--data-dir"
+        return _expand(text, "--data-dir"), "--data-dir"
     if os.environ.get("GRADREG_DATA"):
-        return Path(os.environ["GRADREG_DATA"]).expanduser(), "$GRADREG_DATA"
-    return Path.home() / ".cache" / "gradreg", "the default"
+        return _expand(os.environ["GRADREG_DATA"], "$GRADREG_DATA"), "$GRADREG_DATA"
+    return _default_dir(), "the default"
 
 
 def _check_dir(root: Path, origin: str) -> None:
@@ -113,6 +139,24 @@ def _check_dir(root: Path, origin: str) -> None:
         raise GradregError(f"data directory {root} (from {origin}) does not exist; "
                            "point --data-dir or GRADREG_DATA at a folder holding MNIST/raw/ or "
                            "cifar-10-batches-py/")
+
+
+def _resolve_dir(explicit: str | os.PathLike | None) -> tuple[Path, str]:
+    """``data_dir`` followed by ``_check_dir``: the checked folder and where it came from."""
+    root, origin = data_dir(explicit)
+    _check_dir(root, origin)
+    return root, origin
+
+
+def check_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The data directory the loaders would use, checked as they check it, with nothing created.
+
+    For callers that must fail before writing anything (the experiment runner, the training loop), sin5x
+    included: an empty ``explicit``, one that is not a folder or does not exist, a ``$GRADREG_DATA`` that
+    is a file or missing, a default that is a file: each is the GradregError the loaders raise. The
+    default ``~/.cache/gradreg`` need not exist yet (downloads create it).
+    """
+    return _resolve_dir(explicit)[0]
 
 
 def _unreadable(path: Path, err: BaseException, what: str) -> GradregError:
@@ -141,16 +185,37 @@ def md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(urls: list[str], dest: Path, checksum: str) -> None:
-    """Fetch the first URL that answers into ``dest`` and verify its MD5; raise if none does."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _make_dirs(folder: Path, created: list[Path]) -> None:
+    """Create ``folder`` and its missing parents, outermost first, appending each one made here to
+    ``created`` as it is made (a folder another process makes meanwhile is not ours to remove)."""
+    for path in [p for p in (folder, *folder.parents) if not p.exists()][::-1]:
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        created.append(path)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders of ``created`` that are still empty, innermost first; others stay as they are."""
+    for path in reversed(created):
+        try:
+            path.rmdir()  # refuses a folder that is not empty
+        except OSError:
+            pass
+
+
+def _fetch(urls: list[str], dest: Path, checksum: str) -> None:
+    """Fetch the first URL that answers into ``dest`` and verify its MD5; raise OSError if none does."""
     errors = []
     for url in urls:
         tmp = dest.with_suffix(dest.suffix + ".part")
         try:
             urllib.request.urlretrieve(url, tmp)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)  # no partial download left behind
+        except BaseException as err:  # Ctrl-C included: no partial download left behind
+            tmp.unlink(missing_ok=True)
+            if not isinstance(err, OSError):
+                raise
             errors.append(f"{url}: {err}")
             continue
         if md5(tmp) != checksum:
@@ -160,6 +225,18 @@ def _download(urls: list[str], dest: Path, checksum: str) -> None:
         tmp.replace(dest)
         return
     raise OSError("; ".join(errors))
+
+
+def _download(urls: list[str], dest: Path, checksum: str) -> None:
+    """``_fetch`` into ``dest``, creating its folder; on failure (or Ctrl-C) the folders created here are
+    removed again while empty, so a failed offline attempt leaves the data directory as it was."""
+    created: list[Path] = []
+    try:
+        _make_dirs(dest.parent, created)
+        _fetch(urls, dest, checksum)
+    except BaseException:
+        _remove_empty(created)
+        raise
 
 
 def _check_labels(labels: np.ndarray, path: Path) -> None:
@@ -217,8 +294,7 @@ def mnist_raw(root: str | None = None) -> dict[str, Tensor]:
     Each file's MD5 is verified; a missing file is downloaded (with its MD5 verified) if possible.
     Shapes, counts and labels are checked as well (see ``_check_mnist``).
     """
-    base, origin = data_dir(root)
-    _check_dir(base, origin)
+    base, origin = _resolve_dir(root)
     raw = base / "MNIST" / "raw"
     for name, checksum in MNIST_FILES.items():
         path = raw / name
@@ -356,7 +432,8 @@ _WARNED_UNOFFICIAL: set[str] = set()  # folders already warned about (once per f
 
 
 def _warn_unofficial(folder: Path, differing: tuple[str, ...]) -> None:
-    """One UserWarning per folder that its batch files are not the official ones."""
+    """One UserWarning per folder that its batch files are not the official ones. ``cifar10`` issues it
+    once the data set is built, so a request that fails is one error and no warning before it."""
     key = os.path.realpath(folder)
     if key in _WARNED_UNOFFICIAL:
         return
@@ -378,12 +455,12 @@ def cifar10_raw(root: str | None = None) -> dict[str, Any]:
     """CIFAR-10 from its "python version" batch files, as uint8 [N, 3, 32, 32] and labels [N].
 
     Keys: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (tensors); ``official`` (bool: every batch file
-    has the MD5 of the original) and ``differing`` (tuple of the batch file names whose MD5 differs).
-    Differing files are still loaded, after the structural checks, with one UserWarning per folder:
-    the offline subset in shared/data is such a case (its files are re-pickled).
+    has the MD5 of the original), ``differing`` (tuple of the batch file names whose MD5 differs) and
+    ``folder`` (the batch folder). Differing files are still loaded, after the structural checks; the
+    offline subset in shared/data is such a case (its files are re-pickled). No warning here: ``cifar10``
+    warns once the data set it was asked for has been built.
     """
-    base, origin = data_dir(root)
-    _check_dir(base, origin)
+    base, origin = _resolve_dir(root)
     folder = base / "cifar-10-batches-py"
     if not all((folder / f).exists() for f in CIFAR10_FILES):
         archive = base / "cifar-10-python.tar.gz"
@@ -399,10 +476,8 @@ def cifar10_raw(root: str | None = None) -> dict[str, Any]:
     differing = cifar10_differing(folder)
     x_train, y_train = _read_batches(folder, CIFAR10_FILES[:5])
     x_test, y_test = _read_batches(folder, CIFAR10_FILES[5:])
-    if differing:
-        _warn_unofficial(folder, differing)
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-            "official": not differing, "differing": differing}
+            "official": not differing, "differing": differing, "folder": folder}
 
 
 # ---------------------------------------------------------------- subsets and standardisation
@@ -438,62 +513,143 @@ def _subset(raw: dict[str, Any], n_train: int | None, seed: int, pool: int, held
     return raw["x_train"][idx], raw["y_train"][idx], x_test[:n_test], y_test[:n_test]
 
 
+# ---------------------------------------------------------------- the loaders' arguments
+
+def _is_int(value: Any) -> bool:
+    """A Python or numpy integer, but not a bool (``True`` would silently mean 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_count(option: str, value: Any, optional: bool, most: int | None) -> None:
+    """A number of points: an integer >= 1 (and <= ``most``), or None (all) where ``optional``.
+    0 and negative values are errors, never "all" or "all but a few" by slicing."""
+    if optional and value is None:
+        return
+    if not _is_int(value) or value < 1 or (most is not None and value > most):
+        bounds = f"from 1 to {most:,}" if most is not None else ">= 1"
+        none = " or None (all)" if optional else ""
+        raise GradregError(f"{option} must be an integer {bounds}{none}, got {value!r}")
+
+
+def _device(device: Any) -> torch.device:
+    """``device`` as a torch.device that works here: a name torch knows, and CUDA only where available
+    (else torch fails late with a bare RuntimeError or AssertionError)."""
+    try:
+        checked = torch.device(device) if not isinstance(device, bool) else None
+    except (RuntimeError, TypeError, ValueError):
+        checked = None
+    if checked is None:
+        raise GradregError(f"device {device!r} is not a device torch knows; use device='cpu' or 'cuda'")
+    if checked.type == "cuda" and not torch.cuda.is_available():
+        raise GradregError(f"device {device!r} needs CUDA, but torch.cuda.is_available() is False; "
+                           "use device='cpu'")
+    if checked.type != "cpu":
+        try:
+            torch.empty(0, device=checked)  # "cuda:7" on one GPU, "mps" without one: fail here, named
+        except Exception as err:  # noqa: BLE001 - backends fail with RuntimeError, AssertionError, ...
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise GradregError(f"device {device!r} cannot be used here ({type(err).__name__}: {why}); "
+                               "use device='cpu'") from None
+    return checked
+
+
+def _check_args(n_train: Any, n_test: Any, seed: Any, device: Any, *, optional: bool = True,
+                most: int | None = None) -> torch.device:
+    """The arguments every loader shares, checked before any file is read; returns the device.
+
+    ``optional``: None means "all points" (MNIST, CIFAR-10); ``most``: an upper bound on the sizes where
+    the data set has none of its own (sin5x). Each failure is one GradregError naming the argument.
+    """
+    _check_count("n_train", n_train, optional, most)
+    _check_count("n_test", n_test, optional, most)
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise GradregError(f"seed must be an integer from 0 to 2**63-1, got {seed!r}")
+    return _device(device)
+
+
+def _root_key(data_dir: str | os.PathLike | None) -> str | None:
+    """The data directory argument checked (``check_dir``) and spelt as the raw loaders' cache key."""
+    check_dir(data_dir)
+    return None if data_dir is None else os.fspath(data_dir)
+
+
+# ---------------------------------------------------------------- the data sets
+
 def mnist(n_train: int | None = None, seed: int = 0, protocol: str = "official", n_test: int | None = None,
-          data_dir: str | None = None, device: str | torch.device = "cpu") -> Dataset:
+          data_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
     """A standardised MNIST training subset and a test set, on ``device``. Images are [N, 1, 28, 28].
 
     protocol "official": subset of all 60,000 training images, evaluated on the 10,000 test images.
     protocol "paper": the authors' split — subset of the first 50,000, evaluated on the last 10,000
-    *training* images.
+    *training* images. ``n_train`` / ``n_test``: None for all, else an integer >= 1.
     """
+    device = _check_args(n_train, n_test, seed, device)
     if protocol not in ("official", "paper"):
         raise GradregError(f"unknown MNIST protocol {protocol!r}; known: official, paper")
-    raw = mnist_raw(None if data_dir is None else str(data_dir))
+    raw = mnist_raw(_root_key(data_dir))
     available = len(raw["y_train"])  # 60,000 in the MD5-verified original files
     pool = available if protocol == "official" else 50000
     if protocol == "paper" and available <= pool:
         raise GradregError(f"MNIST protocol 'paper' holds out the training images after the first 50,000, "
                            f"but the training files hold only {available:,}; use protocol 'official' or the "
                            "original files")
-    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, seed, pool, protocol == "paper", n_test,
+    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, int(seed), pool, protocol == "paper", n_test,
                                      f"MNIST (protocol {protocol!r})")
     x_tr, x_te = _standardise(x_tr.unsqueeze(1), x_te.unsqueeze(1))
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10, official=True).to(device)
 
 
 def cifar10(n_train: int | None = None, seed: int = 0, n_test: int | None = None,
-            data_dir: str | None = None, device: str | torch.device = "cpu") -> Dataset:
+            data_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
     """A standardised CIFAR-10 training subset and the test set, on ``device``; images [N, 3, 32, 32].
 
-    ``Dataset.official`` records whether the batch files had the originals' MD5s (see ``cifar10_raw``).
+    ``Dataset.official`` records whether the batch files had the originals' MD5s (see ``cifar10_raw``);
+    where they did not, one UserWarning per folder says so, once the data set has been built.
     """
-    raw = cifar10_raw(None if data_dir is None else str(data_dir))
+    device = _check_args(n_train, n_test, seed, device)
+    raw = cifar10_raw(_root_key(data_dir))
     name = "CIFAR-10" if raw["official"] else "CIFAR-10 (files that differ from the official ones)"
-    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, seed, len(raw["y_train"]), False, n_test, name)
+    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, int(seed), len(raw["y_train"]), False, n_test, name)
     x_tr, x_te = _standardise(x_tr, x_te)
-    return Dataset("cifar10", x_tr, y_tr, x_te, y_te, 10, official=raw["official"]).to(device)
+    dataset = Dataset("cifar10", x_tr, y_tr, x_te, y_te, 10, official=raw["official"]).to(device)
+    if raw["differing"]:
+        _warn_unofficial(raw["folder"], raw["differing"])
+    return dataset
 
 
 def sin5x(n_train: int = 100, seed: int = 0, noise: float = 0.1, n_test: int = 900,
           device: str | torch.device = "cpu") -> Dataset:
     """The synthetic set of Figure 1 (right): x ~ U(−1, 1), y = sin(5x) + N(0, noise²).
 
-    The test set is a dense grid of ``n_test`` points on [−1, 1] with the noise-free target.
+    The test set is a dense grid of ``n_test`` points on [−1, 1] with the noise-free target. Sizes are
+    integers from 1 to ``SIN5X_MAX``; ``noise`` is a finite number >= 0 (the standard deviation).
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(n_train, 1, generator=gen) * 2 - 1
-    y = torch.sin(5 * x) + noise * torch.randn(n_train, 1, generator=gen)
-    grid = torch.linspace(-1, 1, n_test).unsqueeze(1)
+    device = _check_args(n_train, n_test, seed, device, optional=False, most=SIN5X_MAX)
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not (
+            math.isfinite(noise) and noise >= 0):
+        raise GradregError(f"noise must be a finite number >= 0, got {noise!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    x = torch.rand(int(n_train), 1, generator=gen) * 2 - 1
+    y = torch.sin(5 * x) + float(noise) * torch.randn(int(n_train), 1, generator=gen)
+    grid = torch.linspace(-1, 1, int(n_test)).unsqueeze(1)
     return Dataset("sin5x", x, y, grid, torch.sin(5 * grid), None).to(device)
 
 
 DATASETS = {"mnist": mnist, "cifar10": cifar10, "sin5x": sin5x}
 
 
-def load(name: str, **options) -> Dataset:
-    """Make a data set by registry name with its options; an unknown name raises GradregError."""
+def load(name: str, **options: Any) -> Dataset:
+    """Make a data set by registry name with its options. An unknown name, or an option the loader does
+    not take, is a GradregError that lists what is known (not a TypeError from the call)."""
+    if not isinstance(name, str):
+        raise GradregError(f"dataset name must be a string ({', '.join(DATASETS)}), got {name!r}")
     if name not in DATASETS:
         raise GradregError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    accepted = list(inspect.signature(DATASETS[name]).parameters)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise GradregError(f"dataset {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                           f"accepted: {', '.join(accepted)}")
     return DATASETS[name](**options)
 
 

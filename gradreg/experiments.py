@@ -18,7 +18,7 @@ from torch import nn
 
 from . import results as results_store
 from .data import Dataset
-from .data import data_dir as data_folder
+from .data import check_dir as check_data_dir
 from .errors import GradregError
 from .seeds import train_seeds
 from .train import TrainConfig, resolve_device, train
@@ -62,7 +62,7 @@ class Experiment:
                 raise GradregError(f"{self.name} profile {name!r} names unknown cells: {', '.join(sorted(unknown))}")
 
     def profile(self, name: str) -> Profile:
-        if name not in self.profiles:
+        if not isinstance(name, str) or name not in self.profiles:
             raise GradregError(f"unknown profile {name!r} for {self.name}; known: {', '.join(self.profiles)}")
         return self.profiles[name]
 
@@ -93,7 +93,7 @@ def register(exp: Experiment) -> Experiment:
 
 def get(name: str) -> Experiment:
     """An experiment by name; an unknown name raises one clear GradregError listing the known ones."""
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise GradregError(f"unknown experiment {name!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
@@ -122,15 +122,17 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     Returns all records of the (experiment, profile) afterwards.
     """
     exp = get(name)
-    grid = exp.configs(profile, seeds)
+    grid = [(c, s, cfg.replace(device=device)) for c, s, cfg in exp.configs(profile, seeds)]
+    on_cuda = resolve_device(device).type == "cuda"
     if data_dir is not None:
-        data_folder(data_dir)                    # an empty --data-dir fails before anything is written
+        check_data_dir(data_dir)
+    # every argument is checked above: nothing is written for a run that was bound to fail
     store = results_store.Store(name, profile, results_dir)
     store.prepare()
     done = store.done()
-    todo = [(c, s, cfg.replace(device=device)) for c, s, cfg in grid if (c, s) not in done]
+    todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
     if batch_seeds is None:
-        batch_seeds = resolve_device(device).type == "cuda"
+        batch_seeds = on_cuda
     commit = results_store.git_commit()
     log(f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}"
         + (" (seeds batched per cell)" if batch_seeds else ""))
@@ -176,6 +178,9 @@ def _train_unit(exp: Experiment, runs: list[tuple[str, int, TrainConfig]], batch
             yield cell, seed, cfg, out
 
 
+RUN_OPTIONS = {"seeds", "device", "data_dir", "progress", "batch_seeds", "log"}  # what load() passes to run()
+
+
 def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str | None = None,
          **run_options: Any) -> list[results_store.Record]:
     """The stored records of an experiment in grid order, training the missing runs first if ``run_missing``.
@@ -185,6 +190,9 @@ def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str
     """
     exp = get(name)
     exp.profile(profile)
+    unknown = set(run_options) - RUN_OPTIONS
+    if unknown:
+        raise GradregError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RUN_OPTIONS))}")
     if run_missing and missing(name, profile, results_dir):
         run(name, profile, results_dir=results_dir, **run_options)
     order = {cell: i for i, cell in enumerate(exp.cells)}

@@ -18,6 +18,13 @@ from .errors import GradregError
 HEADS = ("none", "dropout", "batchnorm")
 
 
+def _at_least(low: int, **sizes: object) -> None:
+    """Layer sizes are integers >= low: a width of 0 or a negative depth builds a network that is not one."""
+    for name, value in sizes.items():
+        if type(value) is not int or value < low:
+            raise GradregError(f"model option {name} must be an integer >= {low}, got {value!r}")
+
+
 def _head(kind: str, width: int) -> nn.Module:
     """The optional layer between the penultimate dense layer and the logits."""
     if kind not in HEADS:
@@ -35,7 +42,10 @@ def lenet(head: str = "none", filters: tuple[int, int] = (6, 16), in_channels: i
     first leaves a quarter of the values for the ReLU. The first convolution is ``conv.Conv2d``,
     whose input gradient — the one every input-gradient regularizer needs — is fast on CPU.
     """
+    if not isinstance(filters, (tuple, list)) or len(filters) != 2:
+        raise GradregError(f"model option filters must be two channel counts, got {filters!r}")
     c1, c2 = filters
+    _at_least(1, filters_1=c1, filters_2=c2, in_channels=in_channels, classes=classes)
     return nn.Sequential(
         conv.Conv2d(in_channels, c1, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(c1, c2, 5), nn.MaxPool2d(2), nn.ReLU(),
@@ -75,6 +85,7 @@ class _Block(nn.Module):
 
 def cifar_resnet(width: int = 3, blocks: int = 3, bn: bool = True, classes: int = 10) -> nn.Sequential:
     """ResNet-20-style CIFAR net: conv3 to 16w, 3 stages × ``blocks`` blocks at 16w/32w/64w, 8×8 average pool."""
+    _at_least(1, width=width, blocks=blocks, classes=classes)
     widths = [16 * width, 32 * width, 64 * width]
     layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1, bias=not bn),
                                nn.BatchNorm2d(widths[0]) if bn else nn.Identity(), nn.ReLU()]
@@ -89,6 +100,8 @@ def cifar_resnet(width: int = 3, blocks: int = 3, bn: bool = True, classes: int 
 
 def toy(hidden: int = 64, depth: int = 4, activation: str = "relu") -> nn.Sequential:
     """The sin(5x) net: dense 1→64, ReLU, ``depth`` × (dense 64→64, ReLU), dense 64→1."""
+    _at_least(1, hidden=hidden)
+    _at_least(0, depth=depth)
     acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
     if activation not in acts:
         raise GradregError(f"unknown activation {activation!r}; known: {', '.join(acts)}")
@@ -101,6 +114,8 @@ def toy(hidden: int = 64, depth: int = 4, activation: str = "relu") -> nn.Sequen
 
 def mlp(in_features: int = 784, hidden: int = 256, depth: int = 2, classes: int = 10) -> nn.Sequential:
     """A dense ReLU network on flattened inputs (used by the derivation chapters' checks)."""
+    _at_least(1, in_features=in_features, hidden=hidden, classes=classes)
+    _at_least(0, depth=depth)
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for _ in range(depth):
@@ -115,7 +130,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build(name: str, **options) -> nn.Module:
     """Make a model by registry name; unknown names or options raise one clear GradregError."""
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise GradregError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     try:
         return MODELS[name](**options)
@@ -126,7 +141,7 @@ def build(name: str, **options) -> nn.Module:
 def option_types(name: str) -> dict[str, tuple[type, ...]]:
     """The keyword options a model accepts and their types, read from its builder's defaults
     (a tuple default also accepts a list, as JSON and the command line write it)."""
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise GradregError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     kinds = {tuple: (tuple, list), float: (int, float)}
     return {p.name: kinds.get(type(p.default), (type(p.default),))

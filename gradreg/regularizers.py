@@ -24,11 +24,14 @@ authors' code, is row i of the gradient of the batch sum: ∂(Σ_j φ_j)/∂x_i.
 (eval-mode BatchNorm, dropout, plain nets) this equals ∂φ_i/∂x_i exactly; ``tests/`` checks both.
 
 Checked and raw: the public names (``datagrad`` …, ``get(name).penalty``) check their inputs first
-and turn a bad one — wrong type, dtype or shape, an empty batch, labels out of range, an unknown
-option — into one ``GradregError`` naming the function and the argument, instead of a torch error
-from deep inside. The checks cost a little (the label-range check is a host sync on CUDA), so the
-training loop calls ``get(name).raw``, the same function without them (also ``_datagrad`` …).
-``options(name)`` lists the keyword options a user may set, with their accepted types.
+and turn a bad one — wrong type, dtype, layout or shape, an empty batch, labels out of range, an
+unknown option, a call in ``torch.inference_mode()`` — into one ``GradregError`` naming the function
+and the argument, instead of a torch error from deep inside. What the checks cannot foresee (a model
+that ignores or detaches x, logits from another x) still comes out as one ``GradregError`` with
+torch's message as its first line and torch's exception as its ``__cause__``. The checks cost a
+little (the label-range check is a host sync on CUDA), so the training loop calls ``get(name).raw``,
+the same function without them (also ``_datagrad`` …). ``options(name)`` lists the keyword options
+a user may set, with their accepted types.
 """
 from __future__ import annotations
 
@@ -205,14 +208,19 @@ class Regularizer:
     needs_loss: bool = False   # takes ``loss=`` (the task loss's name): DataGrad
     needs_labels: bool = False # y must be class indices (whatever the loss): Onehot
     random: bool = False       # takes ``generator=``
+    softmax: bool = False      # a penalty on the softmax probabilities p (JacReg, the confidence penalty):
+                               # with a single output p ≡ 1, so the penalty is identically zero (and
+                               # useless for one-output regression); the config validator refuses that
 
 
 # ---------------------------------------------------------------------------------------------
 # Input checks of the public entry points: each raises one GradregError "<fn>: <argument> ...".
 
 SUPPLIED_OPTIONS = ("logits", "loss", "generator")  # keyword options the training loop passes itself
-# what torch raises for an x the model cannot take (shapes, dtypes, devices, a BatchNorm batch of one)
-_MODEL_ERRORS = (RuntimeError, IndexError, ValueError)
+# what torch raises for an x the model cannot take (shapes, dtypes, devices, a BatchNorm batch of one,
+# a model with another signature, an operator missing for a layout), and for a graph the penalty
+# cannot differentiate (a model that ignores x): wrapped in one GradregError, torch's as the cause
+_TORCH_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError)
 _TYPE_NAMES = {Tensor: "a torch.Tensor", nn.Module: "a torch.nn.Module", torch.Generator: "a torch.Generator",
                type(None): "None", bool: "a bool", str: "a str"}
 
@@ -226,7 +234,11 @@ def _param_types(raw: Penalty) -> dict[str, tuple[type, ...]]:
 def _describe(value: object) -> str:
     """A short one-line account of a value for an error message: dtype and shape for arrays."""
     if isinstance(value, Tensor):
-        return f"a tensor of dtype {str(value.dtype).removeprefix('torch.')} and shape {tuple(value.shape)}"
+        dtype = str(value.dtype).removeprefix("torch.")
+        if value.is_nested:                                   # no plain shape: it would raise
+            return f"a nested tensor of dtype {dtype}"
+        layout = "" if value.layout == torch.strided else f"{str(value.layout).removeprefix('torch.')} "
+        return f"a {layout}tensor of dtype {dtype} and shape {tuple(value.shape)}"
     cls = type(value)
     kind = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -258,8 +270,32 @@ def _check_types(fn: str, arguments: dict[str, Any], types: dict[str, tuple[type
             raise GradregError(f"{fn}: {name} must be {wanted}; got {_describe(value)}")
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (torch's run to many), or its type's name."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _check_dense(fn: str, name: str, t: Tensor) -> None:
+    """A plain tensor: sparse and nested ones have no shape to check, and most operators refuse them."""
+    if t.is_nested or t.layout != torch.strided:
+        raise GradregError(f"{fn}: {name} must be a dense (strided) tensor; got {_describe(t)}")
+
+
+def _check_grad_mode(fn: str, x: Tensor, input_grad: bool) -> None:
+    """Input gradients need autograd: not in inference mode, and not of a tensor made in it."""
+    if not input_grad:
+        return                                                # the confidence penalty needs none
+    if torch.is_inference_mode_enabled():
+        raise GradregError(f"{fn}: input gradients cannot be taken in torch.inference_mode(); "
+                           "call it outside (torch.no_grad() is fine)")
+    if x.is_inference():
+        raise GradregError(f"{fn}: x was created in torch.inference_mode(), and input gradients cannot be "
+                           "taken of it; create it outside (torch.no_grad() is fine) or pass x.clone()")
+
+
 def _check_x(fn: str, x: Tensor) -> None:
-    """x: floating point (input gradients need it), with a leading batch dimension of at least one row."""
+    """x: dense, floating point (input gradients need it), with a batch dimension of at least one row."""
+    _check_dense(fn, "x", x)
     if not x.is_floating_point():
         raise GradregError(f"{fn}: x must be a floating-point tensor; got {_describe(x)}")
     if x.ndim == 0 or x.shape[0] == 0:
@@ -281,6 +317,7 @@ def _check_y(fn: str, y: Tensor | None, batch: int, kind: str | None) -> Tensor 
     ``F.one_hot`` and ``F.cross_entropy`` take: a no-op for int64 labels)."""
     if y is None:
         return None
+    _check_dense(fn, "y", y)
     if y.ndim == 0 or y.shape[0] != batch:
         raise GradregError(f"{fn}: y must have the batch size of x ({batch}) as its first dimension; "
                            f"got {_describe(y)}")
@@ -295,7 +332,9 @@ def _check_y(fn: str, y: Tensor | None, batch: int, kind: str | None) -> Tensor 
 
 
 def _check_logits(fn: str, what: str, g: object, batch: int) -> None:
-    """Logits (the model's output or the caller's ``logits=``): floating point, [B, K], K >= 1."""
+    """Logits (the model's output or the caller's ``logits=``): dense, floating point, [B, K], K >= 1."""
+    if isinstance(g, Tensor):
+        _check_dense(fn, what, g)
     if not (isinstance(g, Tensor) and g.is_floating_point() and g.ndim == 2 and g.shape[0] == batch
             and g.shape[1] >= 1):
         raise GradregError(f"{fn}: {what} must be floating-point logits of shape [B, K] with B = {batch}, "
@@ -311,17 +350,34 @@ def _checked_forward(fn: str, model: nn.Module, x: Tensor, logits: Tensor | None
         if input_grad and not x.requires_grad:
             raise GradregError(f"{fn}: logits=... needs the x that produced them, with requires_grad=True; "
                                "got x without requires_grad")
+        if input_grad and not logits.requires_grad:
+            raise GradregError(f"{fn}: logits must come from model(x) with gradients enabled; got logits "
+                               "that do not require grad (computed under torch.no_grad() or detached?)")
         return x, logits
     if input_grad:
         x = x.detach().requires_grad_(True)
     with torch.enable_grad() if input_grad else contextlib.nullcontext():
         try:
             g = model(x)
-        except _MODEL_ERRORS as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise GradregError(f"{fn}: model(x) failed for x of shape {tuple(x.shape)}: {first}") from err
+        except _TORCH_ERRORS as err:
+            raise GradregError(f"{fn}: model(x) failed for x of shape {tuple(x.shape)}: "
+                               f"{_first_line(err)}") from err
     _check_logits(fn, "model(x)", g, x.shape[0])
+    if input_grad and not g.requires_grad:
+        raise GradregError(f"{fn}: model(x) must be differentiable with respect to x; its output does not "
+                           "require grad (does the model detach x or run under torch.no_grad()?)")
     return x, g
+
+
+def _raw_failure(fn: str, err: BaseException, shared: bool) -> GradregError:
+    """The error for a raw penalty that failed after the checks passed (raise it ``from err``)."""
+    first = _first_line(err)
+    if "not have been used in the graph" in first:           # ∂g/∂x does not exist: g ignores x
+        source = "logits" if shared else "model(x)"
+        guess = "a model that ignores or detaches x, or logits from another x" if shared else \
+            "a model that ignores or detaches x"
+        return GradregError(f"{fn}: {source} must depend on x to take input gradients ({guess}?): {first}")
+    return GradregError(f"{fn}: computing the penalty failed: {first}")
 
 
 def _check_targets(fn: str, y: Tensor | None, g: Tensor, kind: str | None) -> None:
@@ -351,6 +407,9 @@ def _check_r(fn: str, r: Tensor | None, g: Tensor, spherical: bool) -> None:
     """SpectReg's r: shape [K] or [B, K] (the raw function's own check); floating to be normalised."""
     if r is None:
         return
+    _check_dense(fn, "r", r)
+    if r.device != g.device:
+        raise GradregError(f"{fn}: r must be on the device of the model's output ({g.device}); got {r.device}")
     _check_r_shape(r, g)
     if spherical and not r.is_floating_point():
         raise GradregError(f"{fn}: r must be floating point to be normalised (spherical=True); got {_describe(r)}")
@@ -371,15 +430,20 @@ def _checked(name: str, raw: Penalty, input_grad: bool, targets: str | None) -> 
         _check_types(name, arguments, types)
         model, x = arguments["model"], arguments["x"]
         _check_x(name, x)
+        _check_grad_mode(name, x, input_grad)
         kind = _target_kind(name, targets, arguments.get("loss"))
         y = _check_y(name, arguments["y"], x.shape[0], kind)
         _check_options(name, arguments)
+        shared = arguments["logits"] is not None
         x, g = _checked_forward(name, model, x, arguments["logits"], input_grad)
         _check_targets(name, y, g, kind)
         if "r" in arguments:
             _check_r(name, arguments["r"], g, arguments["spherical"])
         arguments.update(x=x, y=y, logits=g)
-        return raw(*bound.args, **bound.kwargs)
+        try:
+            return raw(*bound.args, **bound.kwargs)
+        except _TORCH_ERRORS as err:                          # what the checks cannot foresee
+            raise _raw_failure(name, err, shared) from err
 
     penalty.__name__ = penalty.__qualname__ = name
     penalty.__doc__ = (f"{raw.__doc__}\n    Checked: bad inputs raise GradregError; "
@@ -398,10 +462,10 @@ REGISTRY: dict[str, Regularizer] = {r.name: r for r in [
     _entry("datagrad", _datagrad, needs_loss=True),
     _entry("spectreg", _spectreg, random=True),
     _entry("frobreg", _frobreg),
-    _entry("jacreg", _jacreg),
+    _entry("jacreg", _jacreg, softmax=True),
     _entry("onehot", _onehot, needs_labels=True),
     _entry("random_onehot", _random_onehot, random=True),
-    _entry("confidence", _confidence, input_grad=False),
+    _entry("confidence", _confidence, input_grad=False, softmax=True),
 ]}
 
 # the public, checked penalties
@@ -416,6 +480,8 @@ confidence = REGISTRY["confidence"].penalty
 
 def get(name: str) -> Regularizer:
     """Look a regularizer up by its registry name; unknown names raise one clear GradregError."""
+    if not isinstance(name, str):
+        raise GradregError(f"regularizer name must be a str; got {_describe(name)}")
     if name not in REGISTRY:
         raise GradregError(f"unknown regularizer {name!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[name]

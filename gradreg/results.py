@@ -21,9 +21,11 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,9 +47,17 @@ def repo_root() -> Path | None:
 def default_dir() -> Path:
     """$GRADREG_RESULTS, else the checkout's ``results/``, else ``./results``."""
     if os.environ.get("GRADREG_RESULTS"):
-        return Path(os.environ["GRADREG_RESULTS"])
+        return _expand(os.environ["GRADREG_RESULTS"], "$GRADREG_RESULTS")
     root = repo_root()
     return root / "results" if root else Path("results")
+
+
+def _expand(path: str, what: str) -> Path:
+    """``~`` expanded; an unknown user (``~nobody_here/x``) is a GradregError, not a RuntimeError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise GradregError(f"{what} {path!r}: cannot expand '~' (no such user's home folder)") from None
 
 
 def root_dir(root: str | os.PathLike | None = None) -> Path:
@@ -55,10 +65,12 @@ def root_dir(root: str | os.PathLike | None = None) -> Path:
     ``--results-dir ''`` is an error, not a silent fall-back to the default folder."""
     if root is None:
         return default_dir()
+    if not isinstance(root, (str, os.PathLike)) or isinstance(os.fspath(root), bytes):
+        raise GradregError(f"--results-dir must be a folder path, got {root!r}")
     if not os.fspath(root).strip():
         raise GradregError("--results-dir is empty; give a folder, or leave the option out to use "
                            "$GRADREG_RESULTS or the checkout's results/")
-    return Path(root).expanduser()
+    return _expand(os.fspath(root), "--results-dir")
 
 
 def git_commit() -> str:
@@ -116,8 +128,9 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(), parse_constant=_refuse_constant)
     except OSError as err:
         raise GradregError(f"cannot read {what} {path}: {err.strerror or err}") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise GradregError(f"{what} {path} is not valid JSON ({err}); it was left as it is: "
+    except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as err:
+        why = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: nested too deeply or too large"
+        raise GradregError(f"{what} {path} is not valid JSON ({why}); it was left as it is: "
                            "restore it (e.g. git checkout -- FILE) or move it aside to start afresh") from None
 
 
@@ -160,13 +173,17 @@ def ensure_writable(folder: Path) -> None:
                            "choose another with --results-dir or GRADREG_RESULTS") from None
 
 
-def _check_records(payload: Any, path: Path) -> list[Record]:
-    """The records of a results file, after checking its layout; a foreign layout is a GradregError."""
+def _check_records(payload: Any, path: Path, experiment: str, profile: str) -> list[Record]:
+    """The records of a results file, after checking its layout and that it belongs to this
+    (experiment, profile); a damaged or foreign file is a GradregError."""
     def bad(why: str) -> GradregError:
         return GradregError(f"results file {path} is damaged ({why}); it was left as it is: restore it "
                             "(e.g. git checkout -- FILE) or move it aside to start that grid afresh")
     if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
         raise bad('expected an object with a "records" list')
+    if (payload.get("experiment"), payload.get("profile")) != (experiment, profile):
+        raise bad(f"it holds experiment {payload.get('experiment')!r} at profile {payload.get('profile')!r}, "
+                  f"not {experiment!r} at {profile!r}")
     for i, r in enumerate(payload["records"]):
         if not isinstance(r, dict):
             raise bad(f"record {i} is {type(r).__name__}, not an object")
@@ -179,10 +196,17 @@ def _check_records(payload: Any, path: Path) -> list[Record]:
 
 # ---------------------------------------------------------------- the store
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # experiment and profile names: no path separators
+LOCK_PATIENCE_S = 120.0                 # a lock is held for one read-modify-write: milliseconds
+
+
 class Store:
     """Records of one (experiment, profile), kept in one JSON file, with its lock and claims."""
 
     def __init__(self, experiment: str, profile: str, root: str | os.PathLike | None = None):
+        for what, name in (("experiment", experiment), ("profile", profile)):
+            if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
+                raise GradregError(f"{what} name {name!r} cannot name a results file (letters, digits, - _ .)")
         self.path = root_dir(root) / experiment / f"{profile}.json"
         self.experiment, self.profile = experiment, profile
         self.lock_path = self.path.with_name(f".{profile}.json.lock")
@@ -192,7 +216,7 @@ class Store:
         """All stored records (an absent file means none); a damaged file is a GradregError."""
         if not self.path.exists() and not self.path.is_symlink():
             return []
-        return _check_records(read_json(self.path, "results file"), self.path)
+        return _check_records(read_json(self.path, "results file"), self.path, self.experiment, self.profile)
 
     def done(self) -> set[tuple[str, int]]:
         """The (cell, seed) pairs already finished."""
@@ -208,10 +232,24 @@ class Store:
             raise GradregError(f"cannot lock {self.path} ({err.strerror or err}); "
                                "choose a writable --results-dir or GRADREG_RESULTS") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._acquire(fd)
             yield
         finally:
             os.close(fd)  # closing drops the lock
+
+    def _acquire(self, fd: int) -> None:
+        """Take the lock, waiting at most LOCK_PATIENCE_S: a holder that long is stuck (stopped?)."""
+        deadline = time.monotonic() + LOCK_PATIENCE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise GradregError(f"{self.lock_path} has been locked by another process for "
+                                       f"{LOCK_PATIENCE_S:.0f} s; is a gradreg process stopped? "
+                                       "Finish or kill it, then rerun") from None
+                time.sleep(0.05)
 
     def prepare(self) -> None:
         """Before training: the file must be readable (or absent) and its folder writable; orphan
@@ -228,6 +266,8 @@ class Store:
     def add(self, record: Record) -> None:
         """Append one finished run (replacing an older record of the same cell and seed), atomically,
         under the lock. Records keep the order they were run in, which is the grid's order."""
+        if not isinstance(record, dict) or not isinstance(record.get("cell"), str) or type(record.get("seed")) is not int:
+            raise GradregError(f"a record needs a string cell and an integer seed, got {record!r:.80}")
         key = (record["cell"], record["seed"])
         with self.lock():
             records = [r for r in self.records() if (r["cell"], r["seed"]) != key] + [strict(record)]

@@ -120,10 +120,12 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
     ``train_seconds`` is the stack's wall time divided among its members; ``history`` is the
     members' mean objective (shared by all results of the stack); ``seed_batch`` is S.
     """
-    if not seeds:
-        raise GradregError("train_seeds needs at least one seed")
+    if not isinstance(cfg, TrainConfig):
+        raise GradregError(f"train_seeds() needs a TrainConfig, got {type(cfg).__name__}")
+    if not seeds or not isinstance(seeds, (list, tuple)) or len(set(seeds)) != len(seeds):
+        raise GradregError(f"train_seeds needs a list of distinct seeds, got {seeds!r}")
     device = resolve_device(cfg.device)
-    cfgs = [cfg.replace(seed=s) for s in seeds]
+    cfgs = [cfg.replace(seed=s) for s in seeds]           # each seed validated as a config field
     data = [load_data(c, device, data_dir).to(device) for c in cfgs]
     sizes = {len(d.x_train) for d in data}
     if len(sizes) > 1:

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -89,6 +90,7 @@ DATA = {"mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 5
         "sin5x": ((1,), None, 10**7, 10**7)}
 PROTOCOL_POOL = {"official": 60000, "paper": 50000}
 MAX_SEED = 2**63 - 1
+MAX_COUNT = 10**9        # iterations, batch size, …: more is a typo (and overflows tqdm's len())
 
 
 def _fail(message: str) -> None:
@@ -155,13 +157,13 @@ def validate(cfg: "TrainConfig") -> None:
 def _validate_numbers(cfg: "TrainConfig") -> None:
     _check_number("lr", cfg.lr, 0.0, strict=True)
     _check_number("weight_decay", cfg.weight_decay, 0.0)
-    _check_number("noise_sigma", cfg.noise_sigma, 0.0)
+    _check_number("noise_sigma", cfg.noise_sigma, 0.0, below=1e3)   # in standardised pixel units
     _check_number("momentum", cfg.momentum, 0.0, strict=cfg.optimizer == "nesterov", below=1.0)
     if isinstance(cfg.weight, bool) or not isinstance(cfg.weight, (int, float)) or not (
             math.isfinite(cfg.weight) and cfg.weight >= 0):
         _fail(f"regularizer weight must be a finite number >= 0, got {cfg.weight!r}")
     for name in ("iterations", "batch_size", "log_every"):
-        _check_int(name, getattr(cfg, name), 1)
+        _check_int(name, getattr(cfg, name), 1, MAX_COUNT)
     _check_int("seed", cfg.seed, 0, MAX_SEED)
     if not isinstance(cfg.separate_pass, bool):
         _fail(f"separate_pass must be True or False, got {cfg.separate_pass!r}")
@@ -173,7 +175,7 @@ def _validate_sizes(cfg: "TrainConfig") -> None:
         n_train = PROTOCOL_POOL[cfg.protocol]
     _check_int(f"n_train ({cfg.dataset}, at most {n_train})", cfg.n_train, 1, n_train, optional=True)
     _check_int(f"n_test ({cfg.dataset}, at most {n_test})", cfg.n_test, 1, n_test, optional=True)
-    _check_int("eval_points", cfg.eval_points, 1, optional=True)
+    _check_int("eval_points", cfg.eval_points, 1, MAX_COUNT, optional=True)
 
 
 def _validate_combination(cfg: "TrainConfig") -> None:
@@ -193,9 +195,15 @@ def _validate_combination(cfg: "TrainConfig") -> None:
         if cfg.reg_options:
             _fail(f"reg_options {cfg.reg_options!r} given but no regularizer")
     else:
-        _check_options("reg_options", cfg.reg_options, regularizers.options(cfg.regularizer))
-        if regularizers.get(cfg.regularizer).needs_labels and not classes:
+        # tensor options (SpectReg's fixed r) are for the API: a config is stored as JSON with its results
+        settable = {k: t for k, t in regularizers.options(cfg.regularizer).items() if Tensor not in t}
+        _check_options("reg_options", cfg.reg_options, settable)
+        reg = regularizers.get(cfg.regularizer)
+        if reg.needs_labels and not classes:
             _fail(f"regularizer {cfg.regularizer!r} needs class labels; {cfg.dataset} has none")
+        if reg.softmax and not classes:
+            _fail(f"regularizer {cfg.regularizer!r} acts on softmax probabilities, which are constant for "
+                  f"{cfg.dataset}'s single output (the penalty would be 0)")
     _check_options("model_options", cfg.model_options, models.option_types(cfg.model))
 
 
@@ -233,15 +241,42 @@ def _check_model(model: str, options: str, dataset: str, loss: str, batch: int) 
 
 def resolve_device(name: str) -> torch.device:
     """"auto" picks CUDA when present; asking for CUDA without one is a clear error."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise GradregError(f"unknown device {name!r}; known: auto, cpu, cuda")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise GradregError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
     return torch.device(name)
 
 
+def check_dataset(data: Any, cfg: TrainConfig) -> None:
+    """Data handed to ``train`` must fit the config's data set: a Dataset of float inputs shaped like
+    its examples, as many labels as inputs, class labels in range (or [N, 1] regression targets)."""
+    shape, classes, _, _ = DATA[cfg.dataset]
+    if not isinstance(data, datasets.Dataset):
+        _fail(f"data must be a gradreg.data.Dataset, got {type(data).__name__}")
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        where = f"data.x_{split}/y_{split}"
+        if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or "meta" in (x.device.type, y.device.type):
+            _fail(f"{where} must be tensors holding values")
+        if x.dtype != torch.get_default_dtype() or tuple(x.shape[1:]) != shape or len(x) == 0:
+            _fail(f"{where}: inputs must be {torch.get_default_dtype()} [N, {', '.join(map(str, shape))}] "
+                  f"with N >= 1 for {cfg.dataset}, got {x.dtype} {list(x.shape)}")
+        if len(y) != len(x):
+            _fail(f"{where}: {len(x)} inputs but {len(y)} targets")
+        if classes and (y.dtype != torch.long or y.dim() != 1 or y.min() < 0 or y.max() >= classes):
+            _fail(f"{where}: targets must be int64 class labels in 0..{classes - 1}, got {y.dtype} {list(y.shape)}")
+        if not classes and (not y.is_floating_point() or tuple(y.shape[1:]) != (1,)):
+            _fail(f"{where}: regression targets must be floats [N, 1], got {y.dtype} {list(y.shape)}")
+
+
 def load_data(cfg: TrainConfig, device: torch.device, data_dir: str | None = None) -> datasets.Dataset:
-    """The data set a config names, on ``device`` (the subset depends on the seed)."""
+    """The data set a config names, on ``device`` (the subset depends on the seed). An explicit
+    ``data_dir`` is checked even for the synthetic sin(5x), which reads no files."""
+    if data_dir is not None:
+        datasets.check_dir(data_dir)
     if cfg.dataset == "sin5x":
         return datasets.sin5x(cfg.n_train or 100, cfg.seed, n_test=cfg.n_test or 900, device=device)
     options: dict[str, Any] = dict(n_train=cfg.n_train, seed=cfg.seed, n_test=cfg.n_test,
@@ -408,8 +443,13 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     ``data``: reuse already loaded tensors (else loaded from the config and ``data_dir``).
     ``extra_metrics(model, data)``: experiment-specific measurements added to the metrics.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise GradregError(f"train() needs a TrainConfig, got {type(cfg).__name__}")
     device = resolve_device(cfg.device)
-    data = (data or load_data(cfg, device, data_dir)).to(device)
+    if data is None:
+        data = load_data(cfg, device, data_dir)
+    check_dataset(data, cfg)
+    data = data.to(device)
     torch.manual_seed(cfg.seed)                            # parameter initialisation
     generator = torch.Generator().manual_seed(cfg.seed)    # batches, augmentation, random projections
     model = models.build(cfg.model, **cfg.model_options).to(device)

@@ -87,6 +87,21 @@ SETTINGS: list[tuple[dict[str, Any], list[str], str]] = [
      ["model_options={'head': 'batchnorm'}", "batch_size=1"], "Expected more than 1 value per channel"),
     ({"model_options": {"head": "batchnorm"}, "n_train": 1},
      ["model_options={'head': 'batchnorm'}", "n_train=1"], "Expected more than 1 value per channel"),
+    ({"iterations": 2**63}, ["iterations=9223372036854775808"], "iterations must be an integer from 1 to"),
+    ({"noise_sigma": 1e308}, ["noise_sigma=1e308"], "noise_sigma must be >= 0 and < 1000"),
+    ({"model_options": {"filters": (0, 16)}}, ["model_options={'filters': (0, 16)}"], "filters_1 must be an integer"),
+    ({"model_options": {"filters": "ab"}}, ["model_options={'filters': 'ab'}"], "'filters' must be tuple or list"),
+    ({"model_options": {"classes": 0}}, ["model_options={'classes': 0}"], "classes must be an integer >= 1"),
+    ({"dataset": "sin5x", "model": "toy", "loss": "squared_error", "model_options": {"hidden": 0}},
+     ["dataset=sin5x", "model=toy", "loss=squared_error", "model_options={'hidden': 0}"], "hidden must be"),
+    ({"dataset": "cifar10", "model": "cifar_resnet", "model_options": {"blocks": -1}},
+     ["dataset=cifar10", "model=cifar_resnet", "model_options={'blocks': -1}"], "blocks must be an integer >= 1"),
+    ({"dataset": "sin5x", "model": "toy", "loss": "squared_error", "regularizer": "jacreg", "weight": 1.0},
+     ["dataset=sin5x", "model=toy", "loss=squared_error", "regularizer=jacreg", "weight=1"], "softmax"),
+    ({"dataset": "sin5x", "model": "toy", "loss": "squared_error", "regularizer": "confidence", "weight": 1.0},
+     ["dataset=sin5x", "model=toy", "loss=squared_error", "regularizer=confidence", "weight=1"], "softmax"),
+    ({"regularizer": "spectreg", "weight": 0.1, "reg_options": {"r": None}},
+     ["regularizer=spectreg", "weight=0.1", "reg_options={'r': None}"], "unknown reg_options key 'r'"),
     ({"protocol": "kaggle"}, ["protocol=kaggle"], "unknown protocol 'kaggle'"),
     ({"dataset": "cifar10", "model": "cifar_resnet", "protocol": "paper"},
      ["dataset=cifar10", "model=cifar_resnet", "protocol=paper"], "exists for mnist only"),
@@ -187,6 +202,7 @@ def _endless(name: str) -> Callable[[Path], None]:
 
 
 GOOD_RECORD = {"cell": "none", "seed": 0, "status": "ok", "metrics": {}}
+HEAD = '{"experiment": "sin5x", "profile": "smoke", '      # what a sin5x smoke results file starts with
 RUN = ["run", "sin5x", "--profile", "smoke", "--no-progress", "--device", "cpu"]
 TRAIN = ["train", "--no-progress", "iterations=1", "n_train=100", "n_test=100", "eval_points=10", "device='cpu'"]
 CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, tokens, message in SETTINGS] + [
@@ -198,14 +214,20 @@ CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, t
          _results_file(json.dumps({"records": [GOOD_RECORD, GOOD_RECORD]})[:-20])),
     Case("results empty", RUN, "is not valid JSON", _results_file("")),
     Case("results a list", RUN, 'expected an object with a "records" list', _results_file("[]")),
-    Case("results null record", RUN, "record 0 is NoneType", _results_file('{"records": [null]}')),
+    Case("results null record", RUN, "record 0 is NoneType", _results_file(HEAD + '"records": [null]}')),
     Case("results record without seed", RUN, "lacks a string cell or an integer seed",
-         _results_file(json.dumps({"records": [{"cell": "none", "status": "ok", "metrics": {}}]}))),
+         _results_file(HEAD + '"records": [{"cell": "none", "status": "ok", "metrics": {}}]}')),
+    Case("results metrics a list", RUN, "lacks a status or a metrics object",
+         _results_file(HEAD + '"records": [{"cell": "none", "seed": 0, "status": "ok", "metrics": []}]}')),
     Case("results NaN token", RUN, "non-standard JSON constant NaN",
-         _results_file('{"records": [{"cell": "none", "seed": 0, "status": "ok", "metrics": {"x": NaN}}]}')),
+         _results_file(HEAD + '"records": [{"cell": "none", "seed": 0, "status": "ok", "metrics": {"x": NaN}}]}')),
+    Case("results of another experiment", RUN, "holds experiment 'mnist-table1' at profile 'paper'",
+         _results_file(json.dumps({"experiment": "mnist-table1", "profile": "paper", "records": [GOOD_RECORD]}))),
+    Case("results nested too deeply", RUN, "nested too deeply", _results_file("[" * 200000 + "]" * 200000)),
     Case("results a directory", RUN, "is a directory", _results_file(None, directory=True)),
     Case("results a named pipe", RUN, "is not a regular file", _results_fifo),
     # class 5: the results location must be writable before any training
+    Case("results dir of an unknown user", [*RUN, "--results-dir", "~nosuchuser/x"], "cannot expand '~'"),
     Case("results dir is a file", RUN, "is not writable", _results_dir_is_a_file),
     Case("results dir under a file", RUN, "is not writable", _results_dir_under_a_file),
     Case("run results dir empty", [*RUN, "--results-dir", ""], "--results-dir is empty"),
@@ -217,6 +239,9 @@ CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, t
     Case("bench --steps 0", ["bench", "--steps", "0"], "--steps must be a positive integer"),
     Case("bench --batch-size 0", ["bench", "--batch-size", "0"], "--batch-size must be a positive integer"),
     Case("bench --batch-size -1", ["bench", "--batch-size", "-1"], "--batch-size must be a positive integer"),
+    Case("bench --batch-size 10**9", ["bench", "--batch-size", "1000000000"], "--batch-size must be a positive integer up to"),
+    Case("bench --seed-batch 10**6", ["bench", "--seed-batch", "1000000"], "--seed-batch must be a positive integer up to"),
+    Case("train lr=-…-1", ["train", "lr=" + "-" * 100000 + "1"], "lr must be a finite number"),
     Case("bench --seed-batch -1", ["bench", "--seed-batch", "-1"], "--seed-batch must be >= 0"),
     Case("bench --model toy", ["bench", "--model", "toy"], "bench supports models"),
     Case("bench --seed-batch 2 --regularizer nope", ["bench", "--seed-batch", "2", "--regularizer", "nope"],
@@ -235,6 +260,8 @@ CASES = [Case(f"train {' '.join(tokens)}", ["train", *tokens], message) for _, t
     Case("data dir empty", [*TRAIN, "--data-dir", ""], "--data-dir is empty"),
     Case("run data dir empty", [*RUN, "--data-dir", ""], "--data-dir is empty"),
     Case("data dir missing", [*TRAIN, "--data-dir", "/nonexistent/data"], "does not exist"),
+    Case("run sin5x data dir missing", [*RUN, "--data-dir", "/nonexistent/data"], "does not exist"),
+    Case("data dir of an unknown user", [*TRAIN, "--data-dir", "~nosuchuser/x"], "~nosuchuser"),
     Case("MNIST file is a directory", TRAIN, "train-images-idx3-ubyte.gz",
          _mnist_copy(_dir_in_place_of("train-images-idx3-ubyte.gz"))),
     Case("MNIST file is /dev/zero", TRAIN, "is not a regular file", _mnist_copy(_endless("t10k-labels-idx1-ubyte.gz"))),
@@ -437,3 +464,75 @@ def test_snapshot_sees_changes(tmp_path):
     before = _snapshot(tmp_path)
     (tmp_path / "a").write_text("y")
     assert _snapshot(tmp_path) != before
+
+
+def test_output_into_a_full_disk_is_one_line(tmp_path):
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "gradreg", "list"], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == "gradreg: error: cannot write the output: No space left on device"
+
+
+def test_a_lock_held_too_long_is_an_error_not_a_hang(results_dir, monkeypatch):
+    store = results.Store("sin5x", "smoke", results_dir)
+    store.add({**GOOD_RECORD})
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
+                               str(store.lock_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(results, "LOCK_PATIENCE_S", 0.3)
+        with pytest.raises(GradregError, match="has been locked by another process"):
+            store.add({**GOOD_RECORD, "seed": 1})
+    finally:
+        holder.kill()
+        holder.wait()
+    store.add({**GOOD_RECORD, "seed": 1})                    # the holder is gone: the lock is free again
+    assert len(store.records()) == 2
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: results.Store("../../escape", "smoke", d), "cannot name a results file"),
+    (lambda d: results.Store("sin5x", "smoke", d).add({"cell": "a"}), "needs a string cell and an integer seed"),
+    (lambda d: results.Store("sin5x", "smoke", 5), "--results-dir must be a folder path"),
+    (lambda d: experiments.get(["x"]), "unknown experiment"),
+    (lambda d: experiments.get("sin5x").profile({}), "unknown profile"),
+    (lambda d: experiments.load("sin5x", "smoke", results_dir=d, seedz=2), "unknown option"),
+    (lambda d: experiments.run("sin5x", "smoke", results_dir=d, device="tpu", log=print), "unknown device"),
+    (lambda d: experiments.run("sin5x", "smoke", results_dir=d, seeds=2.0, log=print), "--seeds must be an integer"),
+    (lambda d: experiments.run("sin5x", "smoke", results_dir=d, data_dir="/nonexistent", log=print), "does not exist"),
+])
+def test_api_bad_arguments_are_one_error_and_write_nothing(call, message, tmp_path):
+    with pytest.raises(GradregError, match=message):
+        call(str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("data, message", [
+    ("mnist", "data must be a gradreg.data.Dataset"),
+    (0, "data must be a gradreg.data.Dataset"),
+    ("labels", "int64 class labels in 0..9"),
+    ("float64", "inputs must be torch.float32"),
+    ("short", "20 inputs but 19 targets"),
+])
+def test_train_refuses_data_that_do_not_fit_the_config(data, message):
+    import torch
+
+    from gradreg import train
+    from gradreg.data import Dataset
+    cfg = TrainConfig(iterations=1, n_train=20, device="cpu")
+    x = torch.randn(20, 1, 28, 28)
+    y = torch.randint(10, (20,))
+    made = {"labels": Dataset("mnist", x, y + 10, x, y, 10),
+            "float64": Dataset("mnist", x.double(), y, x.double(), y, 10),
+            "short": Dataset("mnist", x, y[:19], x, y, 10)}
+    with pytest.raises(GradregError, match=message):
+        train(cfg, data=made.get(data, data), progress=False)
+
+
+def test_bench_times_the_resnet_on_cifar_shaped_input():
+    from gradreg import bench
+    out = bench.bench("cifar_resnet", batch_size=2, reps=1, steps=1, device="cpu", names=["datagrad"])
+    assert out["ratio"]["datagrad"] > 0
+    with pytest.raises(GradregError, match="unknown device 'tpu'"):
+        bench.bench(device="tpu")

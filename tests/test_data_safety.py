@@ -149,11 +149,14 @@ def test_old_numpy_module_names_and_other_protocols_load_without_warnings(data_d
 # ---------------------------------------------------------------- the official files, or not
 
 def test_offline_subset_loads_and_is_reported_as_not_official(data_dir):
-    with pytest.warns(UserWarning) as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cifar10_raw itself never warns: cifar10 does, once built
         raw = data.cifar10_raw(str(data_dir))
-        data.cifar10_raw.cache_clear()
-        data.cifar10_raw(str(data_dir) + "/")  # the same folder, spelt differently: no second warning
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         d = data.cifar10(100, data_dir=str(data_dir))
+        data.cifar10_raw.cache_clear()
+        data.cifar10(100, data_dir=str(data_dir) + "/")  # the same folder, spelt differently: no second warning
     ours = [w for w in record if "official CIFAR-10" in str(w.message)]
     assert len(ours) == 1
     message = str(ours[0].message)
@@ -220,8 +223,7 @@ def test_lossless_integer_data_is_accepted(data_dir, tmp_path):
     root = copy_cifar(data_dir, tmp_path)
     batch = good_batch()
     write_batch(root, "test_batch", dict(batch, data=batch["data"].astype(np.int64).tolist()))
-    with pytest.warns(UserWarning, match="official"):
-        raw = data.cifar10_raw(str(root))
+    raw = data.cifar10_raw(str(root))
     assert raw["x_test"].shape == (20, 3, 32, 32) and raw["x_test"].reshape(20, -1).numpy().tolist() == \
         batch["data"].tolist()
 
@@ -424,7 +426,290 @@ def test_mnist_sizes_at_the_limit_are_fine(data_dir):
     (dict(n_train=100, n_test=20000), "n_test=20000 asks for more than the 1,017 test images"),
 ])
 def test_cifar_sizes_beyond_the_offline_subset_are_errors(data_dir, options, expected):
-    with pytest.warns(UserWarning, match="official"), pytest.raises(GradregError) as err:
+    """One error and no warning before it (the CLI would print both: three lines for one mistake)."""
+    with warnings.catch_warnings(record=True) as record, pytest.raises(GradregError) as err:
+        warnings.simplefilter("always")
         data.cifar10(data_dir=str(data_dir), **options)
     message = one_line(err)
     assert expected in message and "differ from the official" in message
+    assert [str(w.message) for w in record] == []
+
+
+def test_unofficial_warning_comes_once_the_data_set_is_built(data_dir):
+    """A failed request neither warns nor uses up the one warning per folder; the next good one warns."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(GradregError):
+            data.cifar10(6000, data_dir=str(data_dir))
+        assert record == []
+        d = data.cifar10(50, data_dir=str(data_dir))
+        data.cifar10(60, data_dir=str(data_dir))
+    assert len(d.y_train) == 50
+    assert len(record) == 1 and "differ from the official CIFAR-10 files" in str(record[0].message)
+    assert record[0].category is UserWarning
+
+
+# ---------------------------------------------------------------- the data directory argument
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_unknown_user_in_a_tilde_path_is_one_error(monkeypatch, via_env):
+    value = "~nosuchuser_gradreg/x"
+    if via_env:
+        monkeypatch.setenv("GRADREG_DATA", value)
+    for attempt in (lambda: data.data_dir(None if via_env else value),
+                    lambda: data.check_dir(None if via_env else value),
+                    lambda: data.mnist(100, data_dir=None if via_env else value)):
+        with pytest.raises(GradregError, match="home directory cannot be determined") as err:
+            attempt()
+        message = one_line(err)
+        assert repr(value) in message and ("$GRADREG_DATA" if via_env else "--data-dir") in message
+
+
+def test_tilde_of_a_known_user_still_expands(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.data_dir("~/x") == (tmp_path / "x", "--data-dir")
+
+
+def test_no_home_directory_for_the_default_is_one_error(monkeypatch):
+    monkeypatch.delenv("GRADREG_DATA", raising=False)
+
+    def no_home(cls=None):
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(data.Path, "home", classmethod(no_home))
+    with pytest.raises(GradregError, match="set GRADREG_DATA or pass --data-dir") as err:
+        data.check_dir()
+    one_line(err)
+
+
+class BytesPath:
+    def __fspath__(self):
+        return b"/tmp"
+
+
+@pytest.mark.parametrize("value", [5, b"/tmp", 1.5, ["/tmp"], BytesPath()])
+def test_data_dir_that_is_not_a_path_is_one_error(value, data_dir):
+    for attempt in (lambda: data.data_dir(value), lambda: data.check_dir(value),
+                    lambda: data.mnist(100, data_dir=value), lambda: data.cifar10(100, data_dir=value)):
+        with pytest.raises(GradregError, match=r"^--data-dir must be a path \(a str or os.PathLike\)") as err:
+            attempt()
+        one_line(err)
+
+
+def test_data_dir_may_be_a_pathlike(data_dir):
+    assert len(data.mnist(100, data_dir=data_dir).y_train) == 100
+
+
+# ---------------------------------------------------------------- check_dir: checks, creates nothing
+
+def tree(root: Path) -> list[str]:
+    """Every path under ``root`` (relative), to compare before and after."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_check_dir_resolves_as_the_loaders_do(tmp_path, monkeypatch, data_dir):
+    monkeypatch.delenv("GRADREG_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.check_dir() == tmp_path / ".cache" / "gradreg"   # the default need not exist yet...
+    assert tree(tmp_path) == []                                   # ...and is not created
+    assert data.check_dir(str(data_dir)) == data_dir
+    monkeypatch.setenv("GRADREG_DATA", str(data_dir))
+    assert data.check_dir() == data_dir
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("empty", "--data-dir is empty"),
+    ("missing", "does not exist"),
+    ("file", "is a file, not a folder"),
+    ("env missing", "does not exist"),
+    ("env file", "is a file, not a folder"),
+    ("default file", "is a file, not a folder"),
+])
+def test_check_dir_raises_what_the_loaders_raise_and_creates_nothing(tmp_path, monkeypatch, case, expected):
+    monkeypatch.delenv("GRADREG_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home" / ".cache").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("x")
+    explicit = {"empty": "", "missing": str(tmp_path / "nowhere" / "deeper"), "file": str(tmp_path / "a_file")}
+    if case == "env missing":
+        monkeypatch.setenv("GRADREG_DATA", str(tmp_path / "nowhere"))
+    elif case == "env file":
+        monkeypatch.setenv("GRADREG_DATA", str(tmp_path / "a_file"))
+    elif case == "default file":
+        (tmp_path / "home" / ".cache" / "gradreg").write_text("x")
+    before = tree(tmp_path)
+    for attempt in (lambda: data.check_dir(explicit.get(case)),
+                    lambda: data.mnist(100, data_dir=explicit.get(case)),
+                    lambda: data.cifar10(100, data_dir=explicit.get(case))):
+        with pytest.raises(GradregError, match=expected) as err:
+            attempt()
+        one_line(err)
+    assert tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------- failed downloads leave no folders
+
+def offline(monkeypatch) -> None:
+    """Every mirror points where nothing listens, so a download fails at once."""
+    monkeypatch.setattr(data, "MNIST_MIRRORS", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+
+
+@pytest.mark.parametrize("loader", ["mnist", "cifar10"])
+@pytest.mark.parametrize("how", ["explicit", "env", "default"])
+def test_failed_download_leaves_the_data_folder_as_it_was(tmp_path, monkeypatch, loader, how):
+    offline(monkeypatch)
+    monkeypatch.delenv("GRADREG_DATA", raising=False)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if how == "env":
+        monkeypatch.setenv("GRADREG_DATA", str(folder))
+    if how == "default":
+        monkeypatch.setenv("HOME", str(folder))   # ~/.cache/gradreg/... would be created, then removed
+    with pytest.raises(GradregError, match="could not be downloaded") as err:
+        data.load(loader, n_train=10, data_dir=str(folder) if how == "explicit" else None)
+    one_line(err)
+    assert tree(tmp_path) == ["data"]
+
+
+def test_failed_download_keeps_folders_and_files_that_were_there(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    (tmp_path / "MNIST").mkdir()                       # existed before: stays, though empty
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    with pytest.raises(GradregError, match="could not be downloaded"):
+        data.mnist(10, data_dir=str(tmp_path))
+    with pytest.raises(GradregError, match="could not be downloaded"):
+        data.cifar10(10, data_dir=str(tmp_path))
+    assert tree(tmp_path) == before and (tmp_path / "cifar-10-batches-py" / "notes.txt").read_text() == "mine"
+
+
+def test_interrupted_download_removes_its_folders_too(tmp_path, monkeypatch):
+    def interrupt(url, filename):
+        Path(filename).write_bytes(b"partial")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data.urllib.request, "urlretrieve", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        data.mnist(10, data_dir=str(tmp_path))
+    assert tree(tmp_path) == []   # neither the .part file nor the folders made for it
+
+
+# ---------------------------------------------------------------- the loaders' arguments
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(n_train=-5), "n_train must be an integer >= 1 or None (all), got -5"),
+    (dict(n_train=0), "n_train must be an integer >= 1 or None (all), got 0"),
+    (dict(n_train=100, n_test=-1), "n_test must be an integer >= 1 or None (all), got -1"),
+    (dict(n_train=100, n_test=0), "n_test must be an integer >= 1 or None (all), got 0"),
+    (dict(n_train=True), "n_train must be an integer >= 1 or None (all), got True"),
+    (dict(n_train=2.5), "n_train must be an integer >= 1 or None (all), got 2.5"),
+    (dict(n_train="100"), "n_train must be an integer >= 1 or None (all), got '100'"),
+    (dict(n_train=100, seed=1.5), "seed must be an integer from 0 to 2**63-1, got 1.5"),
+    (dict(n_train=100, seed=2**64), f"seed must be an integer from 0 to 2**63-1, got {2**64}"),
+    (dict(n_train=100, seed=-1), "seed must be an integer from 0 to 2**63-1, got -1"),
+    (dict(n_train=100, seed=True), "seed must be an integer from 0 to 2**63-1, got True"),
+    (dict(n_train=100, device="tpu"), "device 'tpu' is not a device torch knows; use device='cpu' or 'cuda'"),
+    (dict(n_train=100, device=None), "device None is not a device torch knows; use device='cpu' or 'cuda'"),
+    (dict(n_train=100, device=True), "device True is not a device torch knows; use device='cpu' or 'cuda'"),
+])
+@pytest.mark.parametrize("loader", ["mnist", "cifar10"])
+def test_image_loader_arguments_are_checked_before_any_file(tmp_path, loader, options, expected):
+    """The folder does not exist: the argument error must come first, naming the argument."""
+    with pytest.raises(GradregError) as err:
+        data.load(loader, data_dir=str(tmp_path / "nowhere"), **options)
+    assert one_line(err) == expected
+
+
+@pytest.mark.parametrize("loader", ["mnist", "cifar10", "sin5x"])
+def test_cuda_without_cuda_is_one_error(monkeypatch, data_dir, loader):
+    monkeypatch.setattr(data.torch.cuda, "is_available", lambda: False)
+    options = {} if loader == "sin5x" else dict(data_dir=str(data_dir))
+    for device in ("cuda", "cuda:0", data.torch.device("cuda")):
+        with pytest.raises(GradregError, match=r"needs CUDA, but torch\.cuda\.is_available\(\) is False; "
+                                               r"use device='cpu'$") as err:
+            data.load(loader, n_train=10, device=device, **options)
+        one_line(err)
+
+
+def test_a_device_that_cannot_be_used_is_one_error(monkeypatch):
+    """cuda:999 exists on no machine; without CUDA compiled in, the probe fails as well: either way named."""
+    monkeypatch.setattr(data.torch.cuda, "is_available", lambda: True)
+    with pytest.raises(GradregError, match=r"^device 'cuda:999' cannot be used here \(.*\); use device='cpu'$") as err:
+        data.sin5x(10, device="cuda:999")
+    one_line(err)
+
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(n_train=-1), "n_train must be an integer from 1 to 10,000,000, got -1"),
+    (dict(n_train=0), "n_train must be an integer from 1 to 10,000,000, got 0"),
+    (dict(n_train=None), "n_train must be an integer from 1 to 10,000,000, got None"),
+    (dict(n_train=10**7 + 1), "n_train must be an integer from 1 to 10,000,000, got 10000001"),
+    (dict(n_test=0), "n_test must be an integer from 1 to 10,000,000, got 0"),
+    (dict(n_test=2.0), "n_test must be an integer from 1 to 10,000,000, got 2.0"),
+    (dict(noise=float("nan")), "noise must be a finite number >= 0, got nan"),
+    (dict(noise=float("inf")), "noise must be a finite number >= 0, got inf"),
+    (dict(noise=-0.1), "noise must be a finite number >= 0, got -0.1"),
+    (dict(noise="0.1"), "noise must be a finite number >= 0, got '0.1'"),
+    (dict(noise=True), "noise must be a finite number >= 0, got True"),
+    (dict(seed=2**63), f"seed must be an integer from 0 to 2**63-1, got {2**63}"),
+    (dict(device="tpu"), "device 'tpu' is not a device torch knows; use device='cpu' or 'cuda'"),
+])
+def test_sin5x_arguments_are_checked(options, expected):
+    with pytest.raises(GradregError) as err:
+        data.sin5x(**options)
+    assert one_line(err) == expected
+
+
+def test_valid_arguments_at_their_limits_still_work(data_dir):
+    d = data.mnist(None, seed=2**63 - 1, n_test=None, data_dir=str(data_dir), device=data.torch.device("cpu"))
+    assert len(d.y_train) == 60000 and len(d.y_test) == 10000
+    d = data.mnist(np.int64(7), seed=np.int64(3), n_test=np.int32(5), data_dir=str(data_dir))
+    assert len(d.y_train) == 7 and len(d.y_test) == 5
+    assert torch_equal(d.y_train, data.mnist(7, seed=3, data_dir=str(data_dir)).y_train)
+    s = data.sin5x(1, seed=0, noise=0, n_test=1)
+    assert s.x_train.shape == (1, 1) and torch_equal(s.y_train, data.torch.sin(5 * s.x_train))
+    assert len(data.sin5x(3, noise=np.float32(0.5)).y_train) == 3
+
+
+def torch_equal(a, b) -> bool:
+    return bool(data.torch.equal(a, b))
+
+
+def test_load_keeps_the_calls_the_training_loop_makes(data_dir):
+    """gradreg.train.load_data: sin5x directly, the others through load with these keys."""
+    cpu = data.torch.device("cpu")
+    d = data.load("mnist", n_train=20, seed=1, n_test=None, data_dir=str(data_dir), device=cpu, protocol="paper")
+    assert len(d.y_train) == 20 and len(d.y_test) == 10000
+    with pytest.warns(UserWarning, match="official"):   # the offline subset
+        d = data.load("cifar10", n_train=None, seed=0, n_test=None, data_dir=str(data_dir), device=cpu)
+    assert len(d.y_train) == 5085 and len(d.y_test) == 1017
+    n_train, n_test = None, None   # cfg.n_train, cfg.n_test left at "all"
+    assert len(data.sin5x(n_train or 100, 0, n_test=n_test or 900, device=cpu).y_test) == 900
+
+
+@pytest.mark.parametrize("name", [["mnist"], None, 5, b"mnist"])
+def test_load_with_a_name_that_is_not_a_string_is_one_error(name):
+    with pytest.raises(GradregError, match=r"^dataset name must be a string \(mnist, cifar10, sin5x\), got ") as err:
+        data.load(name)
+    one_line(err)
+
+
+@pytest.mark.parametrize("name, options, expected", [
+    ("mnist", dict(bogus=1),
+     "dataset 'mnist' takes no option 'bogus'; accepted: n_train, seed, protocol, n_test, data_dir, device"),
+    ("cifar10", dict(protocol="paper", n_train=5),
+     "dataset 'cifar10' takes no option 'protocol'; accepted: n_train, seed, n_test, data_dir, device"),
+    ("sin5x", dict(data_dir="/tmp", colour=1),
+     "dataset 'sin5x' takes no option 'data_dir', 'colour'; accepted: n_train, seed, noise, n_test, device"),
+])
+def test_load_with_an_unknown_option_is_one_error(name, options, expected):
+    with pytest.raises(GradregError) as err:
+        data.load(name, **options)
+    assert one_line(err) == expected
+
+
+def test_load_with_an_unknown_name_is_one_error():
+    with pytest.raises(GradregError) as err:
+        data.load("imagenet")
+    assert one_line(err) == "unknown dataset 'imagenet'; known: mnist, cifar10, sin5x"

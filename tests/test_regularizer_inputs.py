@@ -4,6 +4,7 @@ exactly the keywords a user may set."""
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -352,6 +353,168 @@ def loss_not_a_name(name):
             ) if name == "datagrad" else None
 
 
+# --- inputs the argument checks cannot foresee: torch's errors from inside, or specific pre-checks
+
+class _Constant(nn.Module):
+    """Ignores x: the logits are a parameter (so they require grad, but not through x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x):
+        return self.b.expand(len(x), 10)
+
+
+class _Detaching(nn.Module):
+    """Detaches x before a linear layer: the logits require grad through the weights only."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.linear(x.detach())
+
+
+class _Frozen(nn.Module):
+    """Detaches x, no parameters: the logits do not require grad at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.randn(784, 10))
+
+    def forward(self, x):
+        return x.detach() @ self.w
+
+
+class _SparseOut(nn.Module):
+    def forward(self, x):
+        return MLP(x).to_sparse()
+
+
+def _nested(rows: list[Tensor], layout: torch.layout = torch.jagged) -> Tensor:
+    with warnings.catch_warnings():                     # the strided layout warns: "prototype stage"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.nested.nested_tensor(rows, layout=layout)
+
+
+@case
+def model_ignores_x(name):
+    _, x, y, opts = _mlp(name)
+    return ((_Constant(), x, y), opts, r"model\(x\) must depend on x to take input gradients .*not have been used"
+            ) if _input_grad(name) else None
+
+
+@case
+def model_detaches_x(name):
+    _, x, y, opts = _mlp(name)
+    return ((_Detaching(), x, y), opts, r"model\(x\) must depend on x .*ignores or detaches x"
+            ) if _input_grad(name) else None
+
+
+@case
+def model_output_without_grad(name):
+    _, x, y, opts = _mlp(name)
+    return ((_Frozen(), x, y), opts, r"model\(x\) must be differentiable with respect to x"
+            ) if _input_grad(name) else None
+
+
+@case
+def model_takes_two_inputs(name):  # torch raises TypeError here: forward() is missing an argument
+    _, x, y, opts = _mlp(name)
+    return (nn.Bilinear(784, 784, 10), x, y), opts, r"model\(x\) failed for x of shape \(3, 784\): .*input2"
+
+
+@case
+def model_output_sparse(name):
+    _, x, y, opts = _mlp(name)
+    return (_SparseOut(), x, y), opts, r"model\(x\) must be a dense \(strided\) tensor; got a sparse_coo tensor"
+
+
+@case
+def x_created_in_inference_mode(name):
+    model, x, y, opts = _mlp(name)
+    with torch.inference_mode():
+        x = x.clone()
+    match = (r"x was created in torch\.inference_mode\(\), and input gradients cannot be taken" if _input_grad(name)
+             else r"model\(x\) failed for x of shape \(3, 784\): Inference tensors")  # no input gradient
+    return (model, x, y), opts, match
+
+
+@case
+def x_nested(name):  # the strided layout has no sizes: a RuntimeError from x.shape, before
+    model, x, y, opts = _mlp(name)
+    x = _nested(list(x), torch.strided)
+    return (model, x, y), opts, r"x must be a dense \(strided\) tensor; got a nested tensor of dtype float32$"
+
+
+@case
+def x_nested_jagged(name):
+    model, x, y, opts = _mlp(name)
+    return (model, _nested(list(x)), y), opts, r"x must be a dense \(strided\) tensor; got a nested tensor"
+
+
+@case
+def x_sparse(name):
+    model, x, y, opts = _mlp(name)
+    return (model, x.to_sparse(), y), opts, r"x must be a dense \(strided\) tensor; got a sparse_coo tensor"
+
+
+@case
+def y_sparse(name):  # NotImplementedError from the label-range check, before
+    model, x, y, opts = _mlp(name)
+    return (model, x, y.to_sparse()), opts, r"y must be a dense \(strided\) tensor; got a sparse_coo tensor"
+
+
+@case
+def y_nested(name):
+    model, x, y, opts = _mlp(name)
+    return (model, x, _nested(list(y[:, None]))), opts, r"y must be a dense \(strided\) tensor; got a nested"
+
+
+@case
+def y_created_in_inference_mode_for_datagrad(name):  # caught from inside: cross_entropy saves y
+    model, x, y, opts = _mlp(name)
+    with torch.inference_mode():
+        y = y.clone()
+    return ((model, x, y), opts, r"computing the penalty failed: Inference tensors cannot be saved"
+            ) if name == "datagrad" else None
+
+
+@case
+def logits_under_no_grad(name):
+    model, x, y, opts = _mlp(name)
+    x.requires_grad_()
+    with torch.no_grad():
+        logits = model(x)
+    return ((model, x, y), {**opts, "logits": logits}, r"logits must come from model\(x\) with gradients enabled"
+            ) if _input_grad(name) else None
+
+
+@case
+def logits_from_another_x(name):
+    model, x, y, opts = _mlp(name)
+    logits = model(x.clone().requires_grad_())
+    return ((model, x.requires_grad_(), y), {**opts, "logits": logits},
+            r"logits must depend on x .*or logits from another x\?\): .*not have been used in the graph"
+            ) if _input_grad(name) else None
+
+
+@case
+def r_on_meta_device(name):  # NotImplementedError from r.to(g), before
+    model, x, y, opts = _mlp(name)
+    return ((model, x, y), {**opts, "r": torch.randn(10, device="meta")},
+            r"r must be on the device of the model's output \(cpu\); got meta") if name == "spectreg" else None
+
+
+@case
+def r_sparse(name):
+    model, x, y, opts = _mlp(name)
+    return ((model, x, y), {**opts, "r": torch.randn(10).to_sparse()}, r"r must be a dense \(strided\) tensor"
+            ) if name == "spectreg" else None
+
+
 BAD = [(name, c) for name in NAMES for c, make in CASES.items() if make(name) is not None]
 
 
@@ -367,9 +530,13 @@ def test_bad_input_is_one_gradreg_error_naming_the_argument(name, case_name):
 
 def test_every_regularizer_meets_the_general_cases():
     general = {"x_int", "x_list", "x_empty_batch", "x_cifar_shape_into_lenet", "x_wrong_width_into_toy",
-               "y_wrong_batch", "unknown_option", "model_not_a_module", "model_output_1d", "logits_wrong_batch"}
+               "y_wrong_batch", "unknown_option", "model_not_a_module", "model_output_1d", "logits_wrong_batch",
+               "model_takes_two_inputs", "x_created_in_inference_mode", "x_nested", "x_sparse", "y_sparse"}
+    input_grad = {"model_ignores_x", "model_detaches_x", "model_output_without_grad", "logits_under_no_grad",
+                  "logits_from_another_x"}
     for name in NAMES:
-        assert general <= {c for n, c in BAD if n == name}, name
+        cases = {c for n, c in BAD if n == name}
+        assert general <= cases and (input_grad <= cases) == _input_grad(name), name
 
 
 def test_model_errors_keep_torch_s_error_as_the_cause():
@@ -378,6 +545,38 @@ def test_model_errors_keep_torch_s_error_as_the_cause():
         regularizers.frobreg(LENET, torch.randn(B, 3, 32, 32), y)
     assert isinstance(err.value.__cause__, RuntimeError)
     assert "to have 1 channels, but got 3 channels" in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_errors_from_inside_keep_torch_s_error_as_the_cause(name):
+    """Model calls raising TypeError, and raw penalties failing after the checks, are wrapped too."""
+    _, x, y, opts = _mlp(name)
+    with pytest.raises(GradregError) as err:
+        regularizers.get(name).penalty(nn.Bilinear(784, 784, 10), x, y, **opts)
+    assert isinstance(err.value.__cause__, TypeError)
+    if _input_grad(name):
+        with pytest.raises(GradregError) as err:
+            regularizers.get(name).penalty(_Constant(), x, y, **opts)
+        assert isinstance(err.value.__cause__, RuntimeError)
+        with pytest.raises(RuntimeError, match="not have been used in the graph"):   # raw: torch's own
+            regularizers.get(name).raw(_Constant(), x, y, **opts)
+    else:                                                  # no input gradient: a constant model is fine
+        assert regularizers.get(name).penalty(_Constant(), x, y, **opts).shape == (B,)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_mode_is_refused_where_input_gradients_are_needed(name):
+    model, x, y, opts = _mlp(name)
+    with torch.inference_mode():
+        if _input_grad(name):
+            with pytest.raises(GradregError) as err:
+                regularizers.get(name).penalty(model, x, y, **opts)
+            assert str(err.value) == (f"{name}: input gradients cannot be taken in torch.inference_mode(); "
+                                      "call it outside (torch.no_grad() is fine)")
+        else:                                              # the confidence penalty: same value, no graph
+            value = regularizers.get(name).penalty(model, x, y, **opts)
+    if not _input_grad(name):
+        assert torch.equal(value, regularizers.get(name).raw(model, x, y, **opts))
 
 
 def test_a_seedstack_batch_error_passes_through():
@@ -495,6 +694,27 @@ def test_options_lists_exactly_the_user_keywords():
         "onehot": {}, "random_onehot": {}, "confidence": {}}
     with pytest.raises(GradregError, match="unknown regularizer 'gradnorm'"):
         regularizers.options("gradnorm")
+
+
+@pytest.mark.parametrize("lookup", [regularizers.get, regularizers.options])
+@pytest.mark.parametrize("bad", [["frobreg"], {"frobreg": 1}, 3, None, b"frobreg"])
+def test_lookup_by_a_non_str_name_is_one_gradreg_error(lookup, bad):
+    with pytest.raises(GradregError, match=r"^regularizer name must be a str; got ") as err:
+        lookup(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_softmax_flag_marks_the_penalties_on_probabilities():
+    assert {name for name in NAMES if regularizers.get(name).softmax} == {"jacreg", "confidence"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_softmax_penalties_are_identically_zero_for_one_output(name):
+    """What the flag means: with K = 1, p ≡ 1; the other penalties do not vanish on the toy net."""
+    model, x, y, opts = _toy(name)
+    value = regularizers.get(name).penalty(model, x * 3, y, **opts)
+    assert value.shape == (B,)
+    assert bool((value == 0).all()) == regularizers.get(name).softmax
 
 
 @pytest.mark.parametrize("name", NAMES)
