@@ -7,7 +7,8 @@ import sys as _sys
 try:
     from . import data, experiments, losses, models, regularizers, results
     from .errors import GradregError
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 except KeyboardInterrupt:
     # Ctrl-C while the `gradreg` command is still importing torch: end like an interrupt inside the
     # command (one line, status 130), not with a traceback. A library import re-raises as usual.

@@ -18,7 +18,8 @@ from . import models, regularizers
 from . import results as results_store
 from .errors import GradregError
 from .seeds import SeedStack
-from .train import DATA, TrainConfig, make_optimizer, resolve_device
+from .config import DATA, TrainConfig
+from .train import make_optimizer, resolve_device
 from .train import step as train_step
 
 DATASET = {"lenet": "mnist", "lenettuned": "mnist", "mlp": "mnist", "cifar_resnet": "cifar10"}  # what each model eats

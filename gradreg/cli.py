@@ -23,7 +23,8 @@ from typing import Any
 from . import bench as bench_mod
 from . import experiments, results
 from .errors import GradregError
-from .train import TrainConfig, train
+from .config import TrainConfig
+from .train import train
 
 
 def _cmd_list(args: argparse.Namespace) -> None:

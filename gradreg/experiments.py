@@ -21,7 +21,8 @@ from .data import Dataset
 from .data import check_dir as check_data_dir
 from .errors import GradregError
 from .seeds import train_seeds
-from .train import TrainConfig, resolve_device, train
+from .config import TrainConfig
+from .train import resolve_device, train
 
 PROFILES = ("smoke", "cpu", "paper")
 MAX_SEEDS = 1000   # more is surely a typo (the papers use 10); the grid is built in memory

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from . import conv, models
 from . import data as datasets
+from .config import TrainConfig
 from .errors import GradregError
 from .train import (
-    TrainConfig,
     augment,
     finish,
     load_data,

@@ -11,7 +11,7 @@ from torch import nn
 
 from .data import Dataset
 from .experiments import Experiment, Profile, register
-from .train import TrainConfig
+from .config import TrainConfig
 
 # ---------------------------------------------------------------- quick start (book chapter 1)
 
