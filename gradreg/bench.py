@@ -7,10 +7,11 @@ optimizer update.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -59,6 +60,17 @@ def _check_counts(**counts: int) -> None:
                                f"got {value!r}")
 
 
+@contextlib.contextmanager
+def _memory_guard(what: str) -> Iterator[None]:
+    """Running out of memory (a huge --batch-size) is one GradregError, not an allocator traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "alloc" not in str(err).lower() and "out of memory" not in str(err):
+            raise
+        raise GradregError(f"out of memory timing {what}; use a smaller --batch-size or --seed-batch") from None
+
+
 def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torch.device) -> dict[str, float]:
     """Median seconds per call of each variant, timed round-robin after one warm-up call each."""
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -85,11 +97,12 @@ def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int 
     names = names or regularizers.names()
     for name in names:
         regularizers.get(name)
-    x, y = _batch(model, batch_size, dev)
     base = TrainConfig(model=model, dataset=_dataset(model))
-    variants = {"plain": _stepper(base, x, y)}
-    variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
-    median = _time_interleaved(variants, reps, steps, dev)
+    with _memory_guard(f"{model} at batch {batch_size}"):
+        x, y = _batch(model, batch_size, dev)
+        variants = {"plain": _stepper(base, x, y)}
+        variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
+        median = _time_interleaved(variants, reps, steps, dev)
     return {"model": model, "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
             "reps": reps, "steps": steps, "torch": torch.__version__,
             "seconds_per_step": median, "ratio": {k: median[k] / median["plain"] for k in names}}
@@ -105,15 +118,16 @@ def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", se
     dev = resolve_device(device)
     cfg = TrainConfig(model=model, dataset=_dataset(model), regularizer=regularizer,
                       weight=0.01 if regularizer else 0.0)
-    x, y = _batch(model, seeds * batch_size, dev)
-    gen = torch.Generator().manual_seed(0)
-    singles = [_stepper(cfg, x[s * batch_size: (s + 1) * batch_size], y[s * batch_size: (s + 1) * batch_size])
-               for s in range(seeds)]
-    stack = SeedStack([models.build(model).to(dev) for _ in range(seeds)])
-    opt, params = make_optimizer(cfg, stack.stacked), list(stack.parameters())
-    variants = {"one_at_a_time": lambda: [one() for one in singles],
-                "stacked": lambda: train_step(stack, opt, params, x, y, cfg, gen, scale=seeds)}
-    median = _time_interleaved(variants, reps, steps, dev)
+    with _memory_guard(f"{seeds} × {model} at batch {batch_size}"):
+        x, y = _batch(model, seeds * batch_size, dev)
+        gen = torch.Generator().manual_seed(0)
+        singles = [_stepper(cfg, x[s * batch_size: (s + 1) * batch_size], y[s * batch_size: (s + 1) * batch_size])
+                   for s in range(seeds)]
+        stack = SeedStack([models.build(model).to(dev) for _ in range(seeds)])
+        opt, params = make_optimizer(cfg, stack.stacked), list(stack.parameters())
+        variants = {"one_at_a_time": lambda: [one() for one in singles],
+                    "stacked": lambda: train_step(stack, opt, params, x, y, cfg, gen, scale=seeds)}
+        median = _time_interleaved(variants, reps, steps, dev)
     return {"model": model, "regularizer": regularizer, "seeds": seeds, "batch_size": batch_size,
             "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "seconds_per_step": median, "speedup": median["one_at_a_time"] / median["stacked"]}

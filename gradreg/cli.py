@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
         sys.stdout.flush()
     except GradregError as err:
-        print(f"gradreg: error: {err}", file=sys.stderr)
+        one_line = " / ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"gradreg: error: {one_line}", file=sys.stderr)
         return 2
     except Diverged as err:
         print(f"gradreg: {err}", file=sys.stderr)

@@ -14,6 +14,8 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,9 +109,19 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None, optiona
         _fail(f"{name} must be an integer {bounds}{' or None' if optional else ''}, got {value!r}")
 
 
+def _finite(value: Any) -> bool:
+    """A real number (not a bool) that is finite as a float (10**400 is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _check_number(name: str, value: Any, low: float, *, strict: bool = False, below: float | None = None) -> None:
     """A finite real number (not a bool) >= low (> low if ``strict``), and < below if given."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _finite(value):
         _fail(f"{name} must be a finite number, got {value!r}")
     if value < low or (strict and value == low) or (below is not None and value >= below):
         bound = f"{'>' if strict else '>='} {low:g}" + (f" and < {below:g}" if below is not None else "")
@@ -128,8 +140,25 @@ def _check_options(what: str, options: Any, allowed: dict[str, tuple[type, ...]]
             _fail(f"{what} {key!r} must be {names}, got {value!r}")
 
 
+INT_FIELDS = ("n_train", "n_test", "eval_points", "iterations", "batch_size", "log_every", "seed")
+REAL_FIELDS = ("lr", "momentum", "weight_decay", "noise_sigma", "weight")
+
+
+def _normalise(cfg: "TrainConfig") -> None:
+    """numpy integers and floats (from a sweep) become Python ones, so the config stores as JSON."""
+    for name in INT_FIELDS + REAL_FIELDS:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or type(value) in (int, float) or not isinstance(value, numbers.Real):
+            continue
+        if isinstance(value, numbers.Integral):
+            object.__setattr__(cfg, name, int(value))
+        elif name in REAL_FIELDS and _finite(value):
+            object.__setattr__(cfg, name, float(value))
+
+
 def validate(cfg: "TrainConfig") -> None:
     """Every check a config must pass before training; each failure is one GradregError."""
+    _normalise(cfg)
     for name in ("dataset", "model", "loss", "optimizer", "schedule", "augment", "device", "protocol"):
         if not isinstance(getattr(cfg, name), str):
             _fail(f"{name} must be a string, got {getattr(cfg, name)!r}")
@@ -137,7 +166,8 @@ def validate(cfg: "TrainConfig") -> None:
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("schedule", cfg.schedule, SCHEDULES)
     _check_choice("augment", cfg.augment, AUGMENTATIONS)
-    _check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        _fail(f"unknown device {cfg.device!r}; known: auto, cpu, cuda, cuda:N")
     _check_choice("protocol", cfg.protocol, tuple(PROTOCOL_POOL))
     _check_choice("model", cfg.model, list(models.MODELS))
     losses.get(cfg.loss)
@@ -151,12 +181,11 @@ def validate(cfg: "TrainConfig") -> None:
 
 
 def _validate_numbers(cfg: "TrainConfig") -> None:
-    _check_number("lr", cfg.lr, 0.0, strict=True)
-    _check_number("weight_decay", cfg.weight_decay, 0.0)
+    _check_number("lr", cfg.lr, 0.0, strict=True, below=1e30)           # the optimizers hold it in float32
+    _check_number("weight_decay", cfg.weight_decay, 0.0, below=1e30)
     _check_number("noise_sigma", cfg.noise_sigma, 0.0, below=1e3)   # in standardised pixel units
     _check_number("momentum", cfg.momentum, 0.0, strict=cfg.optimizer == "nesterov", below=1.0)
-    if isinstance(cfg.weight, bool) or not isinstance(cfg.weight, (int, float)) or not (
-            math.isfinite(cfg.weight) and cfg.weight >= 0):
+    if not (_finite(cfg.weight) and cfg.weight >= 0):
         _fail(f"regularizer weight must be a finite number >= 0, got {cfg.weight!r}")
     for name in ("iterations", "batch_size", "log_every"):
         _check_int(name, getattr(cfg, name), 1, MAX_COUNT)
@@ -244,8 +273,9 @@ def check_dataset(data: Any, cfg: TrainConfig) -> None:
     for split in ("train", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         where = f"data.x_{split}/y_{split}"
-        if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or "meta" in (x.device.type, y.device.type):
-            _fail(f"{where} must be tensors holding values")
+        if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or "meta" in (x.device.type, y.device.type) \
+                or any(t.layout != torch.strided or t.is_nested for t in (x, y)):
+            _fail(f"{where} must be dense tensors holding values")
         if x.dtype != torch.get_default_dtype() or tuple(x.shape[1:]) != shape or len(x) == 0:
             _fail(f"{where}: inputs must be {torch.get_default_dtype()} [N, {', '.join(map(str, shape))}] "
                   f"with N >= 1 for {cfg.dataset}, got {x.dtype} {list(x.shape)}")

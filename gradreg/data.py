@@ -389,7 +389,7 @@ def _integers(value: Any) -> np.ndarray | None:
     """``value`` as an integer numpy array, or None where it is not one (ragged, text, floats, objects)."""
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, MemoryError):   # ragged, odd, or a nested-list bomb
         return None
     if array.size == 0 and array.dtype.kind == "f":  # np.asarray([]) is float64: an empty list is fine here
         return array.astype(np.int64)

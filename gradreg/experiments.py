@@ -11,6 +11,7 @@ record as soon as it finishes, so an interrupted grid resumes where it stopped.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -22,7 +23,7 @@ from .data import check_dir as check_data_dir
 from .errors import GradregError
 from .seeds import train_seeds
 from .config import TrainConfig
-from .train import resolve_device, train
+from .train import load_data, resolve_device, train
 
 PROFILES = ("smoke", "cpu", "paper")
 MAX_SEEDS = 1000   # more is surely a typo (the papers use 10); the grid is built in memory
@@ -71,6 +72,8 @@ class Experiment:
         """Every (cell, seed, config) of the grid at this profile, seeds 0 … n−1."""
         prof = self.profile(profile)
         n = prof.seeds if seeds is None else seeds
+        if isinstance(n, numbers.Integral) and not isinstance(n, bool):
+            n = int(n)                                               # numpy integers too
         if type(n) is not int or not 1 <= n <= MAX_SEEDS:
             raise GradregError(f"--seeds must be an integer from 1 to {MAX_SEEDS}, got {n!r}")
         cells = {c: o for c, o in self.cells.items() if prof.cells is None or c in prof.cells}
@@ -123,10 +126,13 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     Returns all records of the (experiment, profile) afterwards.
     """
     exp = get(name)
+    if not callable(log):
+        raise GradregError(f"log must be a function taking a line, got {log!r}")
     grid = [(c, s, cfg.replace(device=device)) for c, s, cfg in exp.configs(profile, seeds)]
     on_cuda = resolve_device(device).type == "cuda"
     if data_dir is not None:
         check_data_dir(data_dir)
+    load_data(grid[0][2], resolve_device("cpu"), data_dir)   # missing or damaged data files fail here
     # every argument is checked above: nothing is written for a run that was bound to fail
     store = results_store.Store(name, profile, results_dir)
     store.prepare()

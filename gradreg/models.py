@@ -18,11 +18,18 @@ from .errors import GradregError
 HEADS = ("none", "dropout", "batchnorm")
 
 
+# Beyond these a size is a typo, and building the network would exhaust memory or never finish.
+MAX_SIZE = {"width": 64, "blocks": 100, "depth": 1000}
+MAX_UNITS = 10_000   # channels, hidden units, classes
+
+
 def _at_least(low: int, **sizes: object) -> None:
-    """Layer sizes are integers >= low: a width of 0 or a negative depth builds a network that is not one."""
+    """Layer sizes are integers from ``low`` to their maximum: a width of 0 or a negative depth builds
+    a network that is not one, and 2**70 channels one that never finishes building."""
     for name, value in sizes.items():
-        if type(value) is not int or value < low:
-            raise GradregError(f"model option {name} must be an integer >= {low}, got {value!r}")
+        high = MAX_SIZE.get(name, MAX_UNITS)
+        if type(value) is not int or not low <= value <= high:
+            raise GradregError(f"model option {name} must be an integer from {low} to {high:,}, got {value!r}")
 
 
 def _head(kind: str, width: int) -> nn.Module:
@@ -134,8 +141,9 @@ def build(name: str, **options) -> nn.Module:
         raise GradregError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     try:
         return MODELS[name](**options)
-    except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        raise GradregError(f"bad options for model {name!r}: {err}") from None
+    except (TypeError, ValueError, KeyError, RuntimeError, MemoryError, OverflowError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise GradregError(f"bad options for model {name!r}: {first}") from None
 
 
 def option_types(name: str) -> dict[str, tuple[type, ...]]:

@@ -296,6 +296,8 @@ def _check_grad_mode(fn: str, x: Tensor, input_grad: bool) -> None:
 def _check_x(fn: str, x: Tensor) -> None:
     """x: dense, floating point (input gradients need it), with a batch dimension of at least one row."""
     _check_dense(fn, "x", x)
+    if x.device.type == "meta":
+        raise GradregError(f"{fn}: x must hold values; got a tensor on the meta device")
     if not x.is_floating_point():
         raise GradregError(f"{fn}: x must be a floating-point tensor; got {_describe(x)}")
     if x.ndim == 0 or x.shape[0] == 0:

@@ -108,9 +108,17 @@ def strict(obj: Any) -> Any:
     return obj
 
 
+def _plain(obj: Any) -> Any:
+    """numpy scalars (``np.float32(1)``) as Python numbers; anything else JSON cannot hold is an error."""
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        return strict(obj.item())
+    raise GradregError(f"cannot store {type(obj).__name__} {obj!r:.60} as JSON: give numbers, strings, "
+                       "lists and dicts")
+
+
 def dumps(obj: Any) -> str:
     """Strict JSON text (non-finite numbers become null), indented one space as the results files are."""
-    return json.dumps(strict(obj), indent=1, allow_nan=False)
+    return json.dumps(strict(obj), indent=1, allow_nan=False, default=_plain)
 
 
 def _refuse_constant(name: str) -> None:
@@ -120,6 +128,7 @@ def _refuse_constant(name: str) -> None:
 def read_json(path: Path, what: str) -> Any:
     """Parse a strict-JSON file; anything unreadable is one GradregError naming the file. Only a
     regular file is opened (reading a named pipe in its place would wait forever)."""
+    path = Path(path)
     try:
         if path.is_dir():
             raise GradregError(f"{what} {path} is a directory, not a file; move it aside")
@@ -140,7 +149,7 @@ def atomic_write(path: Path, text: str) -> None:
     On any failure (full disk, read-only folder) the temporary file is removed, the old file is
     untouched and one GradregError says what happened.
     """
-    tmp = None
+    tmp, path = None, Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -196,6 +205,20 @@ def _check_records(payload: Any, path: Path, experiment: str, profile: str) -> l
 
 # ---------------------------------------------------------------- the store
 
+def _open_sidecar(path: Path) -> int:
+    """Open (creating) a lock or claim file of ours. Whatever else sits at that path — a link, a
+    pipe, a folder — is replaced first: a lock must never write through a link into another file."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        if path.is_dir() and not path.is_symlink():
+            os.rmdir(path)                       # only an empty folder; anything more is an error
+        else:
+            path.unlink()
+    fd = os.open(path, flags, 0o644)
+    os.set_blocking(fd, True)
+    return fd
+
+
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")  # experiment and profile names: no path separators
 LOCK_PATIENCE_S = 120.0                 # a lock is held for one read-modify-write: milliseconds
 
@@ -227,7 +250,7 @@ class Store:
         """Hold the exclusive lock of this results file (blocks while another process holds it)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_sidecar(self.lock_path)
         except OSError as err:
             raise GradregError(f"cannot lock {self.path} ({err.strerror or err}); "
                                "choose a writable --results-dir or GRADREG_RESULTS") from None
@@ -293,7 +316,7 @@ class Store:
         path = self.claims / f"{quote(key[0], safe='')}.{key[1]}"
         try:
             self.claims.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_sidecar(path)
         except OSError as err:
             raise GradregError(f"cannot create claim {path} ({err.strerror or err}); "
                                "choose a writable --results-dir") from None

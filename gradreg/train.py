@@ -29,7 +29,7 @@ from .errors import GradregError
 def resolve_device(name: str) -> torch.device:
     """"auto" picks CUDA when present; asking for CUDA without one is a clear error."""
     if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise GradregError(f"unknown device {name!r}; known: auto, cpu, cuda")
+        raise GradregError(f"unknown device {name!r}; known: auto, cpu, cuda, cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -210,6 +210,8 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     """
     if not isinstance(cfg, TrainConfig):
         raise GradregError(f"train() needs a TrainConfig, got {type(cfg).__name__}")
+    if extra_metrics is not None and not callable(extra_metrics):
+        raise GradregError(f"extra_metrics must be a function (model, data) -> dict, got {extra_metrics!r}")
     device = resolve_device(cfg.device)
     if data is None:
         data = load_data(cfg, device, data_dir)
