@@ -173,9 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as err:
-        # every file the package writes reports its own GradregError; what is left is our output
-        # stream (`gradreg list > /dev/full`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print(f"gradreg: error: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        # the package's own files report GradregErrors; left: a path the OS refuses (too long, out of
+        # file handles) or our output stream (`gradreg list > /dev/full`)
+        if err.filename is not None:
+            print(f"gradreg: error: cannot use {err.filename}: {err.strerror or err}", file=sys.stderr)
+        else:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print(f"gradreg: error: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except Warning as warning:  # PYTHONWARNINGS=error turned a warning into an error
+        print(f"gradreg: error: {' '.join(str(warning).split())}", file=sys.stderr)
         return 2
     return 0

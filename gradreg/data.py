@@ -406,6 +406,8 @@ def _check_batch(batch: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
     missing = [repr(key) for key in ("data", "labels") if key not in batch]
     if missing:
         raise bad(f"it has no {' and no '.join(missing)} entry")
+    if not isinstance(batch["data"], np.ndarray):   # the format's images are one array; a list could be a bomb
+        raise bad(f"its 'data' is a {type(batch['data']).__name__}, not a numpy array")
     data, labels = _integers(batch["data"]), _integers(batch["labels"])
     if data is None or data.ndim != 2:
         raise bad(f"its 'data' ({type(batch['data']).__name__}) is not an N x 3072 array of pixel values")

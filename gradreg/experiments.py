@@ -132,12 +132,13 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     on_cuda = resolve_device(device).type == "cuda"
     if data_dir is not None:
         check_data_dir(data_dir)
-    load_data(grid[0][2], resolve_device("cpu"), data_dir)   # missing or damaged data files fail here
     # every argument is checked above: nothing is written for a run that was bound to fail
     store = results_store.Store(name, profile, results_dir)
     store.prepare()
     done = store.done()
     todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
+    if todo:
+        load_data(todo[0][2], resolve_device("cpu"), data_dir)   # missing or damaged data fail before any claim
     if batch_seeds is None:
         batch_seeds = on_cuda
     commit = results_store.git_commit()

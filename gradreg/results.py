@@ -289,8 +289,10 @@ class Store:
     def add(self, record: Record) -> None:
         """Append one finished run (replacing an older record of the same cell and seed), atomically,
         under the lock. Records keep the order they were run in, which is the grid's order."""
-        if not isinstance(record, dict) or not isinstance(record.get("cell"), str) or type(record.get("seed")) is not int:
-            raise GradregError(f"a record needs a string cell and an integer seed, got {record!r:.80}")
+        if not isinstance(record, dict) or not isinstance(record.get("cell"), str) or type(record.get("seed")) is not int \
+                or not isinstance(record.get("status"), str) or not isinstance(record.get("metrics"), dict):
+            raise GradregError(f"a record needs a string cell, an integer seed, a status and a metrics dict, "
+                               f"got {record!r:.80}")
         key = (record["cell"], record["seed"])
         with self.lock():
             records = [r for r in self.records() if (r["cell"], r["seed"]) != key] + [strict(record)]

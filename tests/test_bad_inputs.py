@@ -511,7 +511,8 @@ def test_a_lock_held_too_long_is_an_error_not_a_hang(results_dir, monkeypatch):
 
 @pytest.mark.parametrize("call, message", [
     (lambda d: results.Store("../../escape", "smoke", d), "cannot name a results file"),
-    (lambda d: results.Store("sin5x", "smoke", d).add({"cell": "a"}), "needs a string cell and an integer seed"),
+    (lambda d: results.Store("sin5x", "smoke", d).add({"cell": "a"}), "needs a string cell, an integer seed"),
+    (lambda d: results.Store("sin5x", "smoke", d).add({"cell": "a", "seed": 0}), "a status and a metrics dict"),
     (lambda d: results.Store("sin5x", "smoke", 5), "--results-dir must be a folder path"),
     (lambda d: experiments.get(["x"]), "unknown experiment"),
     (lambda d: experiments.get("sin5x").profile({}), "unknown profile"),
@@ -601,3 +602,13 @@ def test_bench_out_of_memory_is_one_error(monkeypatch):
         bench.bench("lenet", batch_size=2, reps=1, steps=1, device="cpu", names=["datagrad"])
     with pytest.raises(GradregError, match="out of memory timing 2 × lenet"):
         bench.seed_batching("lenet", seeds=2, batch_size=2, reps=1, steps=1, device="cpu")
+
+
+def test_a_complete_grid_needs_no_data(data_dir, results_dir, tmp_path):
+    """Data are loaded before training only when something is left to train."""
+    done = experiments.run("quickstart", "smoke", device="cpu", data_dir=str(data_dir), progress=False,
+                           log=lambda _: None)
+    (tmp_path / "empty").mkdir()
+    again = experiments.run("quickstart", "smoke", device="cpu", data_dir=str(tmp_path / "empty"), progress=False,
+                            log=lambda _: None)
+    assert again == done
