@@ -134,11 +134,13 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
         check_data_dir(data_dir)
     # every argument is checked above: nothing is written for a run that was bound to fail
     store = results_store.Store(name, profile, results_dir)
+    stored = store.done()                                       # reading writes nothing
+    missing_runs = [cfg for c, s, cfg in grid if (c, s) not in stored]
+    if missing_runs:                                            # missing or damaged data fail before any write
+        load_data(missing_runs[0], resolve_device("cpu"), data_dir)
     store.prepare()
     done = store.done()
     todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
-    if todo:
-        load_data(todo[0][2], resolve_device("cpu"), data_dir)   # missing or damaged data fail before any claim
     if batch_seeds is None:
         batch_seeds = on_cuda
     commit = results_store.git_commit()
