@@ -49,7 +49,8 @@ class TrainConfig:
     regularizer: str | None = None
     weight: float = 0.0
     reg_options: dict = field(default_factory=dict)
-    separate_pass: bool = False         # penalty in its own forward pass (own dropout mask); see objective()
+    separate_pass: bool | None = None   # penalty in its own forward pass (own dropout mask)? None: as the
+                                        # authors did (train.shares_pass); True/False force it
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -190,8 +191,8 @@ def _validate_numbers(cfg: "TrainConfig") -> None:
     for name in ("iterations", "batch_size", "log_every"):
         _check_int(name, getattr(cfg, name), 1, MAX_COUNT)
     _check_int("seed", cfg.seed, 0, MAX_SEED)
-    if not isinstance(cfg.separate_pass, bool):
-        _fail(f"separate_pass must be True or False, got {cfg.separate_pass!r}")
+    if cfg.separate_pass is not None and not isinstance(cfg.separate_pass, bool):
+        _fail(f"separate_pass must be True, False or None (the authors' choice), got {cfg.separate_pass!r}")
 
 
 def _validate_sizes(cfg: "TrainConfig") -> None:

@@ -484,12 +484,17 @@ def cifar10_raw(root: str | None = None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- subsets and standardisation
 
-def _standardise(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
-    """Scale pixels to [0, 1], then standardise each channel with the *training subset's* statistics."""
+def _standardise(x_train: Tensor, x_test: Tensor, own_test_stats: bool = False) -> tuple[Tensor, Tensor]:
+    """Scale pixels to [0, 1], then standardise each channel with the *training subset's* statistics.
+
+    ``own_test_stats``: standardise the test images with the test set's own statistics instead, as
+    the authors' ``evaluate()`` did (a test set then never sees the training subset's mean and std).
+    """
     x_train, x_test = x_train.float() / 255, x_test.float() / 255
     dims = [0] + list(range(2, x_train.dim()))
-    mean, std = x_train.mean(dims, keepdim=True), x_train.std(dims, keepdim=True)
-    return (x_train - mean) / std, (x_test - mean) / std
+    stats = lambda x: (x.mean(dims, keepdim=True), x.std(dims, keepdim=True))  # noqa: E731
+    (mean, std), (mean_te, std_te) = stats(x_train), stats(x_test if own_test_stats else x_train)
+    return (x_train - mean) / std, (x_test - mean_te) / std_te
 
 
 def _check_size(option: str, n: int | None, available: int, what: str) -> None:
@@ -582,8 +587,10 @@ def mnist(n_train: int | None = None, seed: int = 0, protocol: str = "official",
     """A standardised MNIST training subset and a test set, on ``device``. Images are [N, 1, 28, 28].
 
     protocol "official": subset of all 60,000 training images, evaluated on the 10,000 test images.
-    protocol "paper": the authors' split — subset of the first 50,000, evaluated on the last 10,000
-    *training* images. ``n_train`` / ``n_test``: None for all, else an integer >= 1.
+    protocol "paper": the authors' split and evaluation — subset of the first 50,000, evaluated on
+    the last 10,000 *training* images, which are standardised with their own statistics (the
+    authors' ``evaluate()``; "official" uses the training subset's for both).
+    ``n_train`` / ``n_test``: None for all, else an integer >= 1.
     """
     device = _check_args(n_train, n_test, seed, device)
     if protocol not in ("official", "paper"):
@@ -597,7 +604,7 @@ def mnist(n_train: int | None = None, seed: int = 0, protocol: str = "official",
                            "original files")
     x_tr, y_tr, x_te, y_te = _subset(raw, n_train, int(seed), pool, protocol == "paper", n_test,
                                      f"MNIST (protocol {protocol!r})")
-    x_tr, x_te = _standardise(x_tr.unsqueeze(1), x_te.unsqueeze(1))
+    x_tr, x_te = _standardise(x_tr.unsqueeze(1), x_te.unsqueeze(1), own_test_stats=protocol == "paper")
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10, official=True).to(device)
 
 

@@ -11,6 +11,7 @@ record as soon as it finishes, so an interrupted grid resumes where it stopped.
 """
 from __future__ import annotations
 
+import json
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -107,6 +108,35 @@ def command(name: str, profile: str) -> str:
     return f"gradreg run {name} --profile {profile}"
 
 
+def stale(name: str, profile: str, records: list[results_store.Record]) -> list[str]:
+    """Stored records that are not what the registry would train now: a cell the experiment no
+    longer has, or a config that differs from the registry's for its (cell, seed) in anything but
+    the device. Each is described in a line ("cell seed N: field stored → now")."""
+    exp = get(name)
+    prof = exp.profile(profile)
+    out = []
+    for r in records:
+        if r["cell"] not in exp.cells:
+            out.append(f"{r['cell']} seed {r['seed']}: no such cell")
+            continue
+        now = exp.base.replace(**{**exp.cells[r["cell"]], **prof.overrides, "seed": r["seed"]}).to_dict()
+        now = json.loads(json.dumps(now))                       # as stored: tuples become lists
+        was = r.get("config", {})
+        diff = [k for k in now if k != "device" and was.get(k) != now[k]]
+        if diff:
+            out.append(f"{r['cell']} seed {r['seed']}: " + ", ".join(f"{k} {was.get(k)!r} → {now[k]!r}" for k in diff))
+    return out
+
+
+def _refuse_stale(name: str, profile: str, store: results_store.Store) -> None:
+    """A results file that holds runs of another configuration is an error, never shown or kept as if current."""
+    old = stale(name, profile, store.records())
+    if old:
+        raise GradregError(f"{store.path} holds {len(old)} run(s) trained with another configuration than "
+                           f"the registry's (first: {old[0]}); move that file aside and rerun "
+                           f"`{command(name, profile)}`")
+
+
 def missing(name: str, profile: str, results_dir: str | None = None) -> list[tuple[str, int]]:
     """(cell, seed) pairs of the grid that have no stored record yet."""
     done = results_store.Store(name, profile, results_dir).done()
@@ -134,7 +164,8 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
         check_data_dir(data_dir)
     # every argument is checked above: nothing is written for a run that was bound to fail
     store = results_store.Store(name, profile, results_dir)
-    stored = store.done()                                       # reading writes nothing
+    _refuse_stale(name, profile, store)                         # reading writes nothing
+    stored = store.done()
     missing_runs = [cfg for c, s, cfg in grid if (c, s) not in stored]
     if missing_runs:                                            # missing or damaged data fail before any write
         load_data(missing_runs[0], resolve_device("cpu"), data_dir)
@@ -206,7 +237,9 @@ def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str
     if run_missing and missing(name, profile, results_dir):
         run(name, profile, results_dir=results_dir, **run_options)
     order = {cell: i for i, cell in enumerate(exp.cells)}
-    records = results_store.Store(name, profile, results_dir).records()
+    store = results_store.Store(name, profile, results_dir)
+    _refuse_stale(name, profile, store)
+    records = store.records()
     return sorted(records, key=lambda r: (order.get(r["cell"], len(order)), r["seed"]))  # grid order
 
 

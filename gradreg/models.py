@@ -2,12 +2,17 @@
 
 ``build(name, **options)`` makes any of them by name so configs and the CLI can refer to them.
 ``head`` chooses what sits before the last dense layer of a LeNet: nothing, dropout (p = 0.5,
-i.e. keep-probability 0.5) or BatchNorm.
+i.e. keep-probability 0.5) or BatchNorm. ``init`` chooses the initialisation of every model:
+"torch" (PyTorch's defaults) or "authors" (the tflib initialisation of Varga et al.'s code; see
+``authors_init``), which the experiments that rerun the paper use.
 """
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Callable
+
+import torch
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +21,7 @@ from . import conv
 from .errors import GradregError
 
 HEADS = ("none", "dropout", "batchnorm")
+INITS = ("torch", "authors")
 
 
 # Beyond these a size is a typo, and building the network would exhaust memory or never finish.
@@ -32,6 +38,37 @@ def _at_least(low: int, **sizes: object) -> None:
             raise GradregError(f"model option {name} must be an integer from {low} to {high:,}, got {value!r}")
 
 
+@torch.no_grad()
+def authors_init(model: nn.Module) -> nn.Module:
+    """Initialise ``model`` in place as the authors' TensorFlow code (tflib) did, from the global RNG.
+
+    Convolutions: uniform with std √(4 / (fan_in + fan_out)), fan_in = C_in·k², fan_out =
+    C_out·k²/stride² (tflib's ``he_init=True``). Dense layers: Glorot uniform, std √(2 / (fan_in +
+    fan_out)). Every bias zero; BatchNorm scale 1 and shift 0 (as in PyTorch). A uniform law with
+    std s has bound s·√3. PyTorch's defaults differ by a factor 0.6–2.3 in std per LeNet layer.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            fan_in, fan_out = m.in_channels * k, m.out_channels * k / (m.stride[0] * m.stride[1])
+            std = math.sqrt(4.0 / (fan_in + fan_out))
+        elif isinstance(m, nn.Linear):
+            std = math.sqrt(2.0 / (m.in_features + m.out_features))
+        else:
+            continue
+        m.weight.uniform_(-std * math.sqrt(3), std * math.sqrt(3))
+        if m.bias is not None:
+            m.bias.zero_()
+    return model
+
+
+def _init(model: nn.Module, init: str) -> nn.Module:
+    """Apply the named initialisation ("torch" leaves PyTorch's as built)."""
+    if init not in INITS:
+        raise GradregError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+    return authors_init(model) if init == "authors" else model
+
+
 def _head(kind: str, width: int) -> nn.Module:
     """The optional layer between the penultimate dense layer and the logits."""
     if kind not in HEADS:
@@ -41,7 +78,7 @@ def _head(kind: str, width: int) -> nn.Module:
 
 
 def lenet(head: str = "none", filters: tuple[int, int] = (6, 16), in_channels: int = 1,
-          classes: int = 10) -> nn.Sequential:
+          classes: int = 10, init: str = "torch") -> nn.Sequential:
     """LeNet-5 on 28×28 inputs: conv5 same → pool → conv5 → pool → conv5 to 120 → dense 84 → head → dense.
 
     Shapes: [B, 1, 28, 28] → [B, c1, 14, 14] → [B, c2, 5, 5] → [B, 120] → [B, 84] → [B, classes].
@@ -53,18 +90,18 @@ def lenet(head: str = "none", filters: tuple[int, int] = (6, 16), in_channels: i
         raise GradregError(f"model option filters must be two channel counts, got {filters!r}")
     c1, c2 = filters
     _at_least(1, filters_1=c1, filters_2=c2, in_channels=in_channels, classes=classes)
-    return nn.Sequential(
+    return _init(nn.Sequential(
         conv.Conv2d(in_channels, c1, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(c1, c2, 5), nn.MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(c2, 120, 5), nn.ReLU(), nn.Flatten(),
         nn.Linear(120, 84), nn.ReLU(), _head(head, 84),
         nn.Linear(84, classes),
-    )
+    ), init)
 
 
-def lenettuned(head: str = "none", classes: int = 10) -> nn.Sequential:
+def lenettuned(head: str = "none", classes: int = 10, init: str = "torch") -> nn.Sequential:
     """The LeNet of Table 1 with 32 and 64 filters in its first two convolutions."""
-    return lenet(head, filters=(32, 64), classes=classes)
+    return lenet(head, filters=(32, 64), classes=classes, init=init)
 
 
 class _Block(nn.Module):
@@ -90,7 +127,8 @@ class _Block(nn.Module):
         return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
 
 
-def cifar_resnet(width: int = 3, blocks: int = 3, bn: bool = True, classes: int = 10) -> nn.Sequential:
+def cifar_resnet(width: int = 3, blocks: int = 3, bn: bool = True, classes: int = 10,
+                 init: str = "torch") -> nn.Sequential:
     """ResNet-20-style CIFAR net: conv3 to 16w, 3 stages × ``blocks`` blocks at 16w/32w/64w, 8×8 average pool."""
     _at_least(1, width=width, blocks=blocks, classes=classes)
     widths = [16 * width, 32 * width, 64 * width]
@@ -102,10 +140,10 @@ def cifar_resnet(width: int = 3, blocks: int = 3, bn: bool = True, classes: int 
             layers.append(_Block(c_in, c_out, 2 if (stage > 0 and b == 0) else 1, bn))
             c_in = c_out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes)]
-    return nn.Sequential(*layers)
+    return _init(nn.Sequential(*layers), init)
 
 
-def toy(hidden: int = 64, depth: int = 4, activation: str = "relu") -> nn.Sequential:
+def toy(hidden: int = 64, depth: int = 4, activation: str = "relu", init: str = "torch") -> nn.Sequential:
     """The sin(5x) net: dense 1→64, ReLU, ``depth`` × (dense 64→64, ReLU), dense 64→1."""
     _at_least(1, hidden=hidden)
     _at_least(0, depth=depth)
@@ -116,10 +154,11 @@ def toy(hidden: int = 64, depth: int = 4, activation: str = "relu") -> nn.Sequen
     layers: list[nn.Module] = [nn.Linear(1, hidden), act()]
     for _ in range(depth):
         layers += [nn.Linear(hidden, hidden), act()]
-    return nn.Sequential(*layers, nn.Linear(hidden, 1))
+    return _init(nn.Sequential(*layers, nn.Linear(hidden, 1)), init)
 
 
-def mlp(in_features: int = 784, hidden: int = 256, depth: int = 2, classes: int = 10) -> nn.Sequential:
+def mlp(in_features: int = 784, hidden: int = 256, depth: int = 2, classes: int = 10,
+        init: str = "torch") -> nn.Sequential:
     """A dense ReLU network on flattened inputs (used by the derivation chapters' checks)."""
     _at_least(1, in_features=in_features, hidden=hidden, classes=classes)
     _at_least(0, depth=depth)
@@ -128,7 +167,7 @@ def mlp(in_features: int = 784, hidden: int = 256, depth: int = 2, classes: int 
     for _ in range(depth):
         layers += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
-    return nn.Sequential(*layers, nn.Linear(width, classes))
+    return _init(nn.Sequential(*layers, nn.Linear(width, classes)), init)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -208,6 +208,8 @@ class Regularizer:
     needs_loss: bool = False   # takes ``loss=`` (the task loss's name): DataGrad
     needs_labels: bool = False # y must be class indices (whatever the loss): Onehot
     random: bool = False       # takes ``generator=``
+    own_pass: bool = False     # the authors' code computed it in a forward pass of its own (an
+                               # independent dropout mask): SpectReg, FrobReg, JacReg, Onehot, Random onehot
     softmax: bool = False      # a penalty on the softmax probabilities p (JacReg, the confidence penalty):
                                # with a single output p ≡ 1, so the penalty is identically zero (and
                                # useless for one-output regression); the config validator refuses that
@@ -462,11 +464,11 @@ def _entry(name: str, raw: Penalty, **flags: bool) -> Regularizer:
 
 REGISTRY: dict[str, Regularizer] = {r.name: r for r in [
     _entry("datagrad", _datagrad, needs_loss=True),
-    _entry("spectreg", _spectreg, random=True),
-    _entry("frobreg", _frobreg),
-    _entry("jacreg", _jacreg, softmax=True),
-    _entry("onehot", _onehot, needs_labels=True),
-    _entry("random_onehot", _random_onehot, random=True),
+    _entry("spectreg", _spectreg, random=True, own_pass=True),
+    _entry("frobreg", _frobreg, own_pass=True),
+    _entry("jacreg", _jacreg, softmax=True, own_pass=True),
+    _entry("onehot", _onehot, needs_labels=True, own_pass=True),
+    _entry("random_onehot", _random_onehot, random=True, own_pass=True),
     _entry("confidence", _confidence, input_grad=False, softmax=True),
 ]}
 

@@ -79,18 +79,32 @@ def augment(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     return datasets.random_flip(x, generator) if kind == "shift_flip" else x
 
 
+def shares_pass(cfg: TrainConfig, reg: regularizers.Regularizer, model: nn.Module) -> bool:
+    """Whether the penalty reuses the task loss's forward pass.
+
+    ``cfg.separate_pass`` True/False decides. None means the authors' choice: SpectReg, FrobReg,
+    JacReg, Onehot and Random onehot got a forward pass of their own (``Regularizer.own_pass``), which
+    differs from sharing only through dropout (an independent mask), so they get one exactly when the
+    model has dropout; elsewhere the values are identical and sharing saves a forward pass (and a
+    second update of BatchNorm's running statistics).
+    """
+    if cfg.separate_pass is not None:
+        return not cfg.separate_pass
+    return not (reg.own_pass and any(isinstance(m, nn.Dropout) for m in model.modules()))
+
+
 def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
               generator: torch.Generator | None = None,
               reg_options: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """One minibatch's training objective: (total, task loss, mean penalty or None).
 
-    By default the penalty reuses the task loss's forward pass (one dropout mask for both, as the
-    authors' code did for DataGrad); ``cfg.separate_pass`` gives it a forward pass of its own, as
-    the authors' code did for SpectReg, FrobReg and JacReg (an independent dropout mask).
+    The penalty reuses the task loss's forward pass (one dropout mask for both, as the authors' code
+    did for DataGrad) or gets a forward pass of its own (an independent dropout mask, as the authors'
+    code did for SpectReg, FrobReg, JacReg, Onehot and Random onehot): see ``shares_pass``.
     ``reg_options``: per-step penalty options on top of ``cfg.reg_options`` (e.g. SpectReg's ``r``).
     """
     reg = regularizers.get(cfg.regularizer) if cfg.regularizer and cfg.weight > 0 else None
-    share = reg is not None and not cfg.separate_pass
+    share = reg is not None and shares_pass(cfg, reg, model)
     if share and reg.input_grad:
         x = x.detach().requires_grad_(True)
     g = model(x)
@@ -134,6 +148,30 @@ def input_grad_norms(model: nn.Module, x: Tensor, y: Tensor, loss: str, chunk: i
     return torch.cat(out)
 
 
+@torch.enable_grad()
+def jacobian_fro_norms(model: nn.Module, x: Tensor, chunk: int = 500) -> Tensor:
+    """‖J_g(x_i)‖_F, the exact Frobenius norm of the logit Jacobian at each point, by K backward
+    passes (model in whatever mode the caller set): [N]. Unlike ‖∂ℓ/∂x‖ = ‖J_gᵀ(p − y)‖ it does not
+    shrink with the residual p − y, so it measures the flatness of the function itself."""
+    out = []
+    for i in range(0, len(x), chunk):
+        xi = x[i: i + chunk].detach().requires_grad_(True)
+        g = model(xi)
+        total = g.new_zeros(len(xi))
+        for k in range(g.shape[1]):
+            (row,) = torch.autograd.grad(g[:, k].sum(), xi, retain_graph=k + 1 < g.shape[1])
+            total += row.flatten(1).pow(2).sum(1)
+        out.append(total.sqrt())
+    return torch.cat(out)
+
+
+def path_points(x: Tensor, generator: torch.Generator | None, ts: tuple[float, ...] = (0.25, 0.5, 0.75)) -> Tensor:
+    """Points on straight lines between training points: x_i + t (x_π(i) − x_i) for a random
+    pairing π and each t in ``ts`` ([len(ts)·N, ...]); off the data, but between it."""
+    partner = x[torch.randperm(len(x), generator=generator).to(x.device)]
+    return torch.cat([x + t * (partner - x) for t in ts])
+
+
 @torch.no_grad()
 def _loss_and_accuracy(model: nn.Module, x: Tensor, y: Tensor, loss: str, chunk: int = 1000) -> dict[str, float]:
     """Mean task loss and (for classifiers) accuracy in %, in chunks."""
@@ -151,8 +189,10 @@ def _loss_and_accuracy(model: nn.Module, x: Tensor, y: Tensor, loss: str, chunk:
 
 def evaluate(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig,
              generator: torch.Generator | None = None) -> dict[str, float]:
-    """Final metrics in eval mode: loss/accuracy on train and test, and mean input-gradient norms
-    ‖∂ℓ/∂x‖ at training points, test points and training points + N(0, noise_sigma²) (E10)."""
+    """Final metrics in eval mode: loss/accuracy on train and test; mean input-gradient norms
+    ‖∂ℓ/∂x‖ at training points, test points and training points + N(0, noise_sigma²) (E10); and for
+    classifiers the mean logit-Jacobian norm ‖J_g‖_F at the same points and on straight lines between
+    training points (``jac_fro_*``; at most 1,000 points each)."""
     model.eval()
     metrics: dict[str, float] = {}
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
@@ -163,6 +203,12 @@ def evaluate(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig,
     for name, x, y in (("train", x_tr, y_tr), ("test", data.x_test[:n], data.y_test[:n]),
                        ("noisy", x_tr + noise, y_tr)):
         metrics[f"grad_norm_{name}"] = input_grad_norms(model, x, y, cfg.loss).mean().item()
+    if cfg.loss == "cross_entropy":
+        m = min(n or len(x_tr), 1000)
+        points = {"train": x_tr[:m], "test": data.x_test[:m], "noisy": (x_tr + noise)[:m],
+                  "path": path_points(x_tr[: m // 3], generator)}
+        for name, x in points.items():
+            metrics[f"jac_fro_{name}"] = jacobian_fro_norms(model, x).mean().item()
     return metrics
 
 

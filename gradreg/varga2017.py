@@ -13,13 +13,16 @@ from .data import Dataset
 from .experiments import Experiment, Profile, register
 from .config import TrainConfig
 
+# Every rerun of the paper starts from the authors' initialisation (models.authors_init).
+AUTHORS = {"init": "authors"}
+
 # ---------------------------------------------------------------- quick start (book chapter 1)
 
 register(Experiment(
     name="quickstart",
     title="Gradient regularization in five minutes: LeNet on 2,000 MNIST digits, with and without DataGrad",
-    source="book quick start (the setting of Varga et al., E2 at N = 2000)",
-    base=TrainConfig(model="lenet", n_train=2000),
+    source="book quick start (the setting of Varga et al., E2 at N = 2000: LeNet with dropout)",
+    base=TrainConfig(model="lenet", model_options={**AUTHORS, "head": "dropout"}, n_train=2000),
     cells={"plain": {}, "datagrad": {"regularizer": "datagrad", "weight": 50.0}},
     profiles={
         "smoke": Profile(1, {"iterations": 40, "n_train": 200, "n_test": 500, "eval_points": 200}),
@@ -38,7 +41,7 @@ _HEAD = {"baseline": "none", "batchnorm": "batchnorm", "dropout": "dropout"}
 def _table1_cells() -> dict[str, dict[str, Any]]:
     cells: dict[str, dict[str, Any]] = {}
     for row, (w_datagrad, w_spectreg) in _TABLE1_WEIGHTS.items():
-        options = {"model_options": {"head": _HEAD[row]}}
+        options = {"model_options": {**AUTHORS, "head": _HEAD[row]}}
         cells[f"{row}/nogr"] = options
         cells[f"{row}/spectreg"] = {**options, "regularizer": "spectreg", "weight": w_spectreg}
         cells[f"{row}/datagrad"] = {**options, "regularizer": "datagrad", "weight": w_datagrad}
@@ -53,8 +56,9 @@ register(Experiment(
     cells=_table1_cells(),
     profiles={
         "smoke": Profile(1, {"iterations": 20, "n_train": 200, "n_test": 500, "eval_points": 200}),
-        # 3 seeds × 6,000 iterations ≈ 1 hour on 2 CPU cores (lenettuned: 11 ms plain, 26 ms DataGrad step)
-        "cpu": Profile(3, {"iterations": 6000}),
+        # 3 seeds × 4,000 iterations ≈ 70 min in one single-threaded process (lenettuned: ~20 ms
+        # plain, ~45 ms SpectReg or DataGrad step at one thread)
+        "cpu": Profile(3, {"iterations": 4000}),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
@@ -85,18 +89,22 @@ def batch_stats_accuracy(model: nn.Module, data: Dataset, batch_size: int = 50) 
     return {"test_accuracy_batch_stats": 100.0 * correct / len(data.x_test)}
 
 
+# the same cells with PyTorch's default initialisation: the init ablation
+_TORCH_INIT_CELLS = {f"{row}/nogr/torch-init": {"model_options": {"head": _HEAD[row], "init": "torch"}}
+                     for row in ("baseline", "batchnorm")}
+
 register(Experiment(
     name="mnist-table1-protocol",
     title="Table 1 under the authors' protocol: held-out training digits as the test set, BatchNorm with batch statistics",
     source="Varga et al., Table 1 (E1), evaluated as the authors' code did",
     base=TrainConfig(model="lenettuned", n_train=2000, iterations=10000, protocol="paper"),
-    cells=_table1_cells(),
+    cells={**_table1_cells(), **_TORCH_INIT_CELLS},
     profiles={
         "smoke": Profile(1, {"iterations": 20, "n_train": 200, "n_test": 500, "eval_points": 200},
-                         ("baseline/nogr", "batchnorm/nogr")),
-        # the BatchNorm row, where the protocols differ most, and the plain baseline: 12 runs ≈ 25 min
-        "cpu": Profile(3, {"iterations": 6000}, ("baseline/nogr", "batchnorm/nogr", "batchnorm/spectreg",
-                                                  "batchnorm/datagrad")),
+                         ("baseline/nogr", "batchnorm/nogr", "batchnorm/nogr/torch-init")),
+        # the no-GR cells of the plain and BatchNorm rows, each with the authors' and PyTorch's
+        # initialisation: does either the protocol or the init explain the BatchNorm row? 12 runs ≈ 17 min
+        "cpu": Profile(3, {"iterations": 4000}, ("baseline/nogr", "batchnorm/nogr", *_TORCH_INIT_CELLS)),
         "paper": Profile(10, {"iterations": 10000}),
     },
     extra_metrics=batch_stats_accuracy,
@@ -143,7 +151,7 @@ register(Experiment(
     name="sin5x",
     title="sin(5x) from 100 noisy points: does gradient control at the data flatten the function everywhere?",
     source="Varga et al., Figure 1 right (E9, E10)",
-    base=TrainConfig(dataset="sin5x", n_train=100, model="toy", loss="squared_error", lr=0.01,
+    base=TrainConfig(dataset="sin5x", n_train=100, model="toy", model_options=AUTHORS, loss="squared_error", lr=0.01,
                      weight_decay=0.0, iterations=10000, batch_size=50, eval_points=None),
     cells=_sin5x_cells(),
     profiles={
@@ -180,21 +188,24 @@ def _size_cells() -> dict[str, dict[str, Any]]:
     return cells
 
 
-def _cells_at(sizes: tuple[int, ...]) -> tuple[str, ...]:
-    return tuple(f"n{n}/{m}" for n in sizes for m in SIZE_METHODS)
+_CHEAP_METHODS = ("baseline", "confidence", "spectreg", "datagrad")
+
+
+def _cells_at(sizes: tuple[int, ...], methods: tuple[str, ...] = SIZE_METHODS) -> tuple[str, ...]:
+    return tuple(f"n{n}/{m}" for n in sizes for m in methods)
 
 
 register(Experiment(
     name="mnist-sizes",
     title="MNIST training-set size sweep: accuracy against N for six regularizers",
     source="Varga et al., Figure 1 left (E2)",
-    base=TrainConfig(model="lenet", model_options={"head": "dropout"}, iterations=10000),
+    base=TrainConfig(model="lenet", model_options={**AUTHORS, "head": "dropout"}, iterations=10000),
     cells=_size_cells(),
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_test": 500, "eval_points": 200}, _cells_at((500, 1000))),
-        # 4 of the 8 sizes × 2 seeds × 3,000 iterations ≈ 50 min on 2 CPU cores (FrobReg and JacReg
-        # cost ~12 plain steps each and dominate)
-        "cpu": Profile(2, {"iterations": 3000}, _cells_at((500, 2000, 5000, 20000))),
+        # 4 of the 8 sizes × 4 seeds × 3,000 iterations, without FrobReg and JacReg (each costs
+        # ~12 plain steps; the family experiment has them at N = 2000) ≈ 30 min in one process
+        "cpu": Profile(4, {"iterations": 3000}, _cells_at((500, 2000, 5000, 20000), _CHEAP_METHODS)),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
@@ -208,12 +219,12 @@ register(Experiment(
     name="mnist-family",
     title="MNIST, N = 2000: the family of Jacobian projections side by side",
     source="Varga et al., authors' code (E3; not in the extended abstract)",
-    base=TrainConfig(model="lenet", n_train=2000, iterations=10000),
+    base=TrainConfig(model="lenet", model_options={**AUTHORS, "head": "dropout"}, n_train=2000, iterations=10000),
     cells={"nogr": {}, **{reg: {"regularizer": reg, "weight": w} for reg, w in FAMILY_WEIGHTS.items()}},
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200}),
-        # 7 cells × 3 seeds × 4,000 iterations ≈ 25 min on 2 CPU cores
-        "cpu": Profile(3, {"iterations": 4000}),
+        # 7 cells × 3 seeds × 3,000 iterations ≈ 27 min in one process
+        "cpu": Profile(3, {"iterations": 3000}),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
@@ -227,13 +238,14 @@ register(Experiment(
     name="mnist-wd-grid",
     title="MNIST, N = 2000: weight decay × DataGrad weight",
     source="Varga et al., authors' code (E5); the paper's remark on weight decay and gradient regularization",
-    base=TrainConfig(model="lenet", n_train=2000, regularizer="datagrad", iterations=10000),
+    base=TrainConfig(model="lenet", model_options={**AUTHORS, "head": "dropout"}, n_train=2000,
+                     regularizer="datagrad", iterations=10000),
     cells={f"wd{wd:g}/dg{d:g}": {"weight_decay": wd, "weight": d} for wd in WD_GRID for d in DATAGRAD_GRID},
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200},
                          ("wd0/dg0", "wd0/dg10", "wd0.1/dg0", "wd0.1/dg10")),
-        # all 72 cells × 2 seeds × 1,500 iterations (37 epochs of 2,000 images) ≈ 25 min on 2 CPU cores
-        "cpu": Profile(2, {"iterations": 1500}),
+        # all 72 cells × 3 seeds × 1,000 iterations (25 epochs of 2,000 images) ≈ 40 min in one process
+        "cpu": Profile(3, {"iterations": 1000}),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
