@@ -56,9 +56,9 @@ register(Experiment(
     cells=_table1_cells(),
     profiles={
         "smoke": Profile(1, {"iterations": 20, "n_train": 200, "n_test": 500, "eval_points": 200}),
-        # 3 seeds × 4,000 iterations ≈ 70 min in one single-threaded process (lenettuned: ~20 ms
-        # plain, ~45 ms SpectReg or DataGrad step at one thread)
-        "cpu": Profile(3, {"iterations": 4000}),
+        # 3 seeds × 3,000 iterations ≈ 90 min in one single-threaded process (lenettuned at one
+        # thread beside a second grid: ~37 ms plain, ~80 ms SpectReg or DataGrad step)
+        "cpu": Profile(3, {"iterations": 3000}),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
@@ -203,9 +203,9 @@ register(Experiment(
     cells=_size_cells(),
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_test": 500, "eval_points": 200}, _cells_at((500, 1000))),
-        # 4 of the 8 sizes × 4 seeds × 3,000 iterations, without FrobReg and JacReg (each costs
-        # ~12 plain steps; the family experiment has them at N = 2000) ≈ 30 min in one process
-        "cpu": Profile(4, {"iterations": 3000}, _cells_at((500, 2000, 5000, 20000), _CHEAP_METHODS)),
+        # 4 of the 8 sizes × 3 seeds × 3,000 iterations, without FrobReg and JacReg (each costs
+        # ~12 plain steps; the family experiment has them at N = 2000) ≈ 40 min in one process
+        "cpu": Profile(3, {"iterations": 3000}, _cells_at((500, 2000, 5000, 20000), _CHEAP_METHODS)),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
@@ -233,6 +233,12 @@ register(Experiment(
 
 WD_GRID = (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1)
 DATAGRAD_GRID = (0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0)
+DATAGRAD_CPU = (0.0, 1e-3, 0.1, 1.0, 10.0, 100.0, 1000.0)   # the cpu profile's subset
+
+
+def _wd_cell(wd: float, d: float) -> str:
+    return f"wd{wd:g}/dg{d:g}"
+
 
 register(Experiment(
     name="mnist-wd-grid",
@@ -240,12 +246,13 @@ register(Experiment(
     source="Varga et al., authors' code (E5); the paper's remark on weight decay and gradient regularization",
     base=TrainConfig(model="lenet", model_options={**AUTHORS, "head": "dropout"}, n_train=2000,
                      regularizer="datagrad", iterations=10000),
-    cells={f"wd{wd:g}/dg{d:g}": {"weight_decay": wd, "weight": d} for wd in WD_GRID for d in DATAGRAD_GRID},
+    cells={_wd_cell(wd, d): {"weight_decay": wd, "weight": d} for wd in WD_GRID for d in DATAGRAD_GRID},
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200},
                          ("wd0/dg0", "wd0/dg10", "wd0.1/dg0", "wd0.1/dg10")),
-        # all 72 cells × 3 seeds × 1,000 iterations (25 epochs of 2,000 images) ≈ 40 min in one process
-        "cpu": Profile(3, {"iterations": 1000}),
+        # the 8 weight decays × 7 of the 9 DataGrad weights × 3 seeds × 800 iterations (20 epochs of
+        # 2,000 images) ≈ 45 min in one process
+        "cpu": Profile(3, {"iterations": 800}, tuple(_wd_cell(wd, d) for wd in WD_GRID for d in DATAGRAD_CPU)),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
