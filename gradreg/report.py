@@ -6,8 +6,11 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from . import experiments
+from . import experiments, stats
 from .results import Record
+
+STD_NOTE = ("Numbers are means over seeds with the sample standard deviation (ddof = 1, as in the "
+            "authors' `stat.py`) in parentheses, to two decimals like the paper's.")
 
 
 @dataclass(frozen=True)
@@ -19,12 +22,9 @@ class Summary:
     n: int
 
     def __str__(self) -> str:
-        return f"{_fmt(self.mean)} ({_fmt(self.std)})" if self.n > 1 else _fmt(self.mean)
-
-
-def _fmt(v: float) -> str:
-    """Two decimals for percentages and other large values, three significant digits for small ones."""
-    return f"{v:.2f}" if abs(v) >= 10 else f"{v:.3g}"
+        if abs(self.mean) >= 1:       # accuracies and other large values: two decimals, as the paper
+            return f"{self.mean:.2f} ({self.std:.2f})" if self.n > 1 else f"{self.mean:.2f}"
+        return f"{self.mean:.3g} ({self.std:.2g})" if self.n > 1 else f"{self.mean:.3g}"
 
 
 def number(value: float | None, spec: str = ".2f") -> str:
@@ -71,3 +71,33 @@ def rows_table(rows: list[dict[str, object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     lines += ["| " + " | ".join(cell(r[h]) for h in header) + " |" for r in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim to test on a grid's records: cell ``a`` better than ``b`` (``expect=">"``) or no
+    different (``"="``), in the words of ``text``."""
+
+    text: str
+    a: str
+    b: str
+    expect: str = ">"
+
+
+def test_claims(records: list[Record], claims: list[Claim], metric: str = "test_accuracy",
+                unit: str = " points") -> list[tuple[Claim, stats.Comparison, stats.Verdict]]:
+    """Each claim with its Welch comparison and verdict (``stats.verdict``)."""
+    out = []
+    for claim in claims:
+        c = stats.welch(records, claim.a, claim.b, metric)
+        out.append((claim, c, stats.verdict(c, claim.expect, unit=unit)))
+    return out
+
+
+def claims_table(tested: list[tuple[Claim, stats.Comparison, stats.Verdict]], unit: str = "points",
+                 digits: int = 2) -> str:
+    """A Markdown table of tested claims: what is compared, the difference, Welch's p, the verdict."""
+    return rows_table([{"claim": claim.text, "compared": f"{claim.a} vs {claim.b}",
+                        f"difference ({unit})": "—" if math.isnan(c.diff) else f"{c.diff:+.{digits}f}",
+                        "Welch p": "—" if math.isnan(c.p) else f"{c.p:.2g}", "verdict": v.text}
+                       for claim, c, v in tested])

@@ -1,4 +1,18 @@
-"""Comparisons between cells of a grid: Welch's t-test on the per-seed values, and a plain verdict."""
+"""Comparisons between cells of a grid: Welch's t-test on the per-seed values, and a verdict that
+never counts the absence of evidence as support.
+
+A claim is "a is better than b" (``expect=">"``) or "a and b do not differ" (``expect="="``). Its
+verdict is one of three:
+
+- **reproduced**: the data show what the paper says (a significant difference in the claimed
+  direction). A "no difference" claim is never reproduced by a non-significant test.
+- **contradicted**: the data show the opposite (a significant difference the other way, or any
+  significant difference where the paper claims none).
+- **not resolved at n seeds**: neither; the verdict then says the smallest difference these seeds
+  could have detected (``detectable``), so a reader sees how much the experiment can say.
+
+Standard deviations are sample standard deviations (ddof = 1), as in the authors' ``stat.py``.
+"""
 from __future__ import annotations
 
 import math
@@ -8,10 +22,14 @@ from scipy import stats as _stats
 
 from .results import Record
 
+REPRODUCED, CONTRADICTED, UNRESOLVED = "reproduced", "contradicted", "not resolved"
+LABELS = (REPRODUCED, CONTRADICTED, UNRESOLVED)
+
 
 @dataclass(frozen=True)
 class Comparison:
-    """Cell a against cell b on one metric: difference of means, Welch's t and two-sided p."""
+    """Cell a against cell b on one metric: difference of means, Welch's t, two-sided p, the
+    standard error of the difference and the Welch–Satterthwaite degrees of freedom."""
 
     a: str
     b: str
@@ -20,6 +38,20 @@ class Comparison:
     p: float
     n_a: int
     n_b: int
+    se: float = math.nan
+    df: float = math.nan
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim's verdict: ``label`` (one of ``LABELS``) and ``text``, the label in words with what
+    the seeds could resolve."""
+
+    label: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def values(records: list[Record], cell: str, metric: str) -> list[float]:
@@ -27,26 +59,77 @@ def values(records: list[Record], cell: str, metric: str) -> list[float]:
     return [r["metrics"][metric] for r in records if r["cell"] == cell and r["status"] == "ok"]
 
 
-def welch(records: list[Record], a: str, b: str, metric: str) -> Comparison:
-    """Welch's unequal-variance t-test of cell a against cell b; p is NaN with fewer than 2 seeds."""
-    xa, xb = values(records, a, metric), values(records, b, metric)
+def welch_values(xa: list[float], xb: list[float], a: str = "a", b: str = "b") -> Comparison:
+    """Welch's unequal-variance t-test of the values xa against xb; p is NaN with fewer than 2 of either."""
     diff = (sum(xa) / len(xa) - sum(xb) / len(xb)) if xa and xb else math.nan
     if len(xa) < 2 or len(xb) < 2:
         return Comparison(a, b, diff, math.nan, math.nan, len(xa), len(xb))
+    va, vb = _stats.tvar(xa) / len(xa), _stats.tvar(xb) / len(xb)    # tvar: ddof = 1
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1)) if se > 0 else math.nan
     result = _stats.ttest_ind(xa, xb, equal_var=False)
-    return Comparison(a, b, diff, float(result.statistic), float(result.pvalue), len(xa), len(xb))
+    return Comparison(a, b, diff, float(result.statistic), float(result.pvalue), len(xa), len(xb), se, df)
 
 
-def verdict(c: Comparison, expect: str, alpha: float = 0.05) -> str:
-    """In words, whether the comparison supports a claim that a is better (``expect=">"``) or no
-    different (``expect="="``) than b, at level ``alpha``."""
+def welch(records: list[Record], a: str, b: str, metric: str) -> Comparison:
+    """Welch's unequal-variance t-test of cell a against cell b; p is NaN with fewer than 2 seeds."""
+    return welch_values(values(records, a, metric), values(records, b, metric), a, b)
+
+
+def welch_summary(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
+                  a: str = "a", b: str = "b") -> Comparison:
+    """The same test from reported means, sample stds and counts (e.g. a paper's table)."""
+    result = _stats.ttest_ind_from_stats(mean_a, std_a, n_a, mean_b, std_b, n_b, equal_var=False)
+    va, vb = std_a ** 2 / n_a, std_b ** 2 / n_b
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else math.nan
+    return Comparison(a, b, mean_a - mean_b, float(result.statistic), float(result.pvalue), n_a, n_b, se, df)
+
+
+def detectable(c: Comparison, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided Welch test at level ``alpha`` would detect with
+    probability ``power``, at these seeds and the observed spread: (t_{1−α/2} + t_{power})·SE with
+    the Welch degrees of freedom. NaN when it cannot be estimated (fewer than 2 seeds, no spread)."""
+    if math.isnan(c.se) or math.isnan(c.df) or c.se == 0:
+        return math.nan
+    return (_stats.t.ppf(1 - alpha / 2, c.df) + _stats.t.ppf(power, c.df)) * c.se
+
+
+def verdict(c: Comparison, expect: str, alpha: float = 0.05, power: float = 0.8, unit: str = "") -> Verdict:
+    """The verdict on a claim that a is better than b (``expect=">"``) or no different (``"="``)."""
+    if expect not in (">", "="):
+        raise ValueError(f"expect must be '>' or '=', got {expect!r}")
+    seeds = f"{c.n_a}/{c.n_b} seeds" if c.n_a != c.n_b else f"{c.n_a} seeds"
     if math.isnan(c.p):
-        return "not testable (fewer than 2 seeds)"
-    significant = c.p < alpha
-    if expect == ">":
-        if significant:
-            return "supported" if c.diff > 0 else "contradicted (significantly worse)"
-        return "not significant"
-    if expect == "=":
-        return "contradicted (significant difference)" if significant else "supported (no significant difference)"
-    raise ValueError(f"expect must be '>' or '=', got {expect!r}")
+        return Verdict(UNRESOLVED, f"not resolved at {seeds} (fewer than 2 seeds: no test)")
+    if c.p < alpha and (expect == "=" or c.diff < 0):
+        return Verdict(CONTRADICTED, "contradicted (significant difference)" if expect == "="
+                       else "contradicted (significantly worse)")
+    if c.p < alpha:
+        return Verdict(REPRODUCED, "reproduced")
+    d = detectable(c, alpha, power)
+    can = f"could detect ≥ {d:.2f}{unit}" if not math.isnan(d) else "no spread to estimate from"
+    return Verdict(UNRESOLVED, f"not resolved at {seeds} ({can})")
+
+
+def combine(verdicts: list[Verdict]) -> Verdict:
+    """A claim made of several comparisons, all of which must hold: contradicted if any part is,
+    reproduced if every part is, else not resolved."""
+    labels = [v.label for v in verdicts]
+    if not labels:
+        return Verdict(UNRESOLVED, "not resolved (no comparison)")
+    if CONTRADICTED in labels:
+        return Verdict(CONTRADICTED, f"contradicted ({labels.count(CONTRADICTED)} of {len(labels)} parts)")
+    if all(label == REPRODUCED for label in labels):
+        return Verdict(REPRODUCED, f"reproduced (all {len(labels)} parts)")
+    return Verdict(UNRESOLVED, f"not resolved ({labels.count(REPRODUCED)} of {len(labels)} parts reproduced)")
+
+
+def count(verdicts: list[Verdict]) -> dict[str, int]:
+    """How many verdicts carry each label, in the order of ``LABELS``."""
+    return {label: sum(v.label == label for v in verdicts) for label in LABELS}
+
+
+def tally(verdicts: list[Verdict]) -> str:
+    """The counts in words, e.g. "2 reproduced, 0 contradicted, 5 not resolved"."""
+    return ", ".join(f"{n} {label}" for label, n in count(verdicts).items())
