@@ -115,30 +115,43 @@ def bars(records: list[Record], cells: list[str], metric: str = "test_accuracy",
 
 
 def heatmap(records: list[Record], rows: list[float], cols: list[float], cell_name, metric: str = "test_accuracy",
-            ax: Axes | None = None, row_label: str = "", col_label: str = "", vmin: float | None = None) -> Axes:
+            ax: Axes | None = None, row_label: str = "", col_label: str = "", vmin: float | None = None,
+            failed_below: float | None = None) -> Axes:
     """Mean ``metric`` over seeds for every (row, col) of a two-way grid, with the value written in each
     square; ``cell_name(row, col)`` gives the cell's name. Missing cells stay blank.
 
+    ``failed_below``: a run below this value (or not "ok") counts as failed — collapsed to chance, say —
+    and is left out of the mean, which is never silently dragged down by it: its square says how many
+    seeds failed ("2/3 ✗"), and a square whose seeds all failed shows only that.
     The colours span ``vmin`` (default: the lower quartile of the squares) to the best square, so that
     the few tenths of a point that separate good settings are visible; worse squares all take the
     darkest colour, and their numbers tell how much worse."""
     import numpy as np
 
     ax = ax or plt.subplots(figsize=(7, 4.5))[1]
-    summary = summarise(records, metric)
     grid = np.full((len(rows), len(cols)), np.nan)
+    fails = np.zeros((len(rows), len(cols)), dtype=int)
+    runs = np.zeros((len(rows), len(cols)), dtype=int)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
-            if cell_name(r, c) in summary:
-                grid[i, j] = summary[cell_name(r, c)].mean
+            mine = [rec for rec in records if rec["cell"] == cell_name(r, c)]
+            good = [rec["metrics"][metric] for rec in mine if rec["status"] == "ok" and metric in rec["metrics"]
+                    and (failed_below is None or rec["metrics"][metric] >= failed_below)]
+            runs[i, j], fails[i, j] = len(mine), len(mine) - len(good)
+            if good:
+                grid[i, j] = sum(good) / len(good)
     finite = grid[np.isfinite(grid)]
     low = vmin if vmin is not None else (np.percentile(finite, 25) if finite.size else 0)
+    high = finite.max() if finite.size else low + 1
     image = ax.imshow(grid, cmap="viridis", vmin=low, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(cols)):
-            if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
-                        color="w" if grid[i, j] < (low + finite.max()) / 2 else "k")
+            text = f"{grid[i, j]:.2f}" if np.isfinite(grid[i, j]) else ""
+            if fails[i, j]:
+                text += ("\n" if text else "") + f"{fails[i, j]}/{runs[i, j]} ✗"
+            dark = not np.isfinite(grid[i, j]) or grid[i, j] < (low + high) / 2
+            ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                    color="w" if dark and np.isfinite(grid[i, j]) else "k")
     ax.set(xticks=range(len(cols)), xticklabels=[f"{c:g}" for c in cols], xlabel=col_label,
            yticks=range(len(rows)), yticklabels=[f"{r:g}" for r in rows], ylabel=row_label)
     ax.figure.colorbar(image, ax=ax, label=f"{metric} (darkest: ≤ {low:.2f})", extend="min")
@@ -147,18 +160,22 @@ def heatmap(records: list[Record], rows: list[float], cols: list[float], cell_na
 
 GRAD_NORMS = {"grad_norm_train": "training points", "grad_norm_test": "test points",
               "grad_norm_noisy": "training points + noise"}
+JAC_NORMS = {"jac_fro_train": "training points", "jac_fro_test": "test points",
+             "jac_fro_noisy": "training points + noise", "jac_fro_path": "between training points"}
 
 
-def grad_norms(records: list[Record], cells: list[str], ax: Axes | None = None) -> Axes:
-    """E10: mean ‖∂ℓ/∂x‖ at training points, test points and noisy training points, grouped per cell
-    (mean over seeds, log scale)."""
+def grad_norms(records: list[Record], cells: list[str], ax: Axes | None = None,
+               metrics: dict[str, str] = GRAD_NORMS, ylabel: str = "mean ‖∂ℓ/∂x‖") -> Axes:
+    """E10: a mean norm at several kinds of points, grouped per cell (mean over seeds, log scale):
+    by default ‖∂ℓ/∂x‖ at training, test and noisy training points; ``metrics=JAC_NORMS`` and
+    ``ylabel="mean ‖J_g‖_F"`` for the logit Jacobian."""
     ax = ax or plt.subplots(figsize=(7, 3.5))[1]
-    width = 0.8 / len(GRAD_NORMS)
-    for k, (metric, label) in enumerate(GRAD_NORMS.items()):
+    width = 0.8 / len(metrics)
+    for k, (metric, label) in enumerate(metrics.items()):
         summary = summarise(records, metric)
-        xs = [i + (k - 1) * width for i, c in enumerate(cells) if c in summary]
+        xs = [i + (k - (len(metrics) - 1) / 2) * width for i, c in enumerate(cells) if c in summary]
         ax.bar(xs, [summary[c].mean for c in cells if c in summary], width, color=f"C{k}", label=label)
-    ax.set(xticks=range(len(cells)), yscale="log", ylabel="mean ‖∂ℓ/∂x‖")
+    ax.set(xticks=range(len(cells)), yscale="log", ylabel=ylabel)
     ax.set_xticklabels(cells, rotation=30, ha="right")
     ax.legend(fontsize="small")
     return ax

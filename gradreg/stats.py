@@ -99,7 +99,7 @@ def verdict(c: Comparison, expect: str, alpha: float = 0.05, power: float = 0.8,
     """The verdict on a claim that a is better than b (``expect=">"``) or no different (``"="``)."""
     if expect not in (">", "="):
         raise ValueError(f"expect must be '>' or '=', got {expect!r}")
-    seeds = f"{c.n_a}/{c.n_b} seeds" if c.n_a != c.n_b else f"{c.n_a} seeds"
+    seeds = f"{c.n_a}/{c.n_b} seeds" if c.n_a != c.n_b else f"{c.n_a} seed{'s' if c.n_a != 1 else ''}"
     if math.isnan(c.p):
         return Verdict(UNRESOLVED, f"not resolved at {seeds} (fewer than 2 seeds: no test)")
     if c.p < alpha and (expect == "=" or c.diff < 0):

@@ -236,7 +236,8 @@ DATAGRAD_GRID = (0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0)
 DATAGRAD_CPU = (0.0, 1e-3, 0.1, 1.0, 10.0, 100.0, 1000.0)   # the cpu profile's subset
 
 
-def _wd_cell(wd: float, d: float) -> str:
+def wd_cell(wd: float, d: float) -> str:
+    """The name of the weight-decay × DataGrad cell, e.g. "wd0.0005/dg10"."""
     return f"wd{wd:g}/dg{d:g}"
 
 
@@ -246,13 +247,13 @@ register(Experiment(
     source="Varga et al., authors' code (E5); the paper's remark on weight decay and gradient regularization",
     base=TrainConfig(model="lenet", model_options={**AUTHORS, "head": "dropout"}, n_train=2000,
                      regularizer="datagrad", iterations=10000),
-    cells={_wd_cell(wd, d): {"weight_decay": wd, "weight": d} for wd in WD_GRID for d in DATAGRAD_GRID},
+    cells={wd_cell(wd, d): {"weight_decay": wd, "weight": d} for wd in WD_GRID for d in DATAGRAD_GRID},
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200},
                          ("wd0/dg0", "wd0/dg10", "wd0.1/dg0", "wd0.1/dg10")),
         # the 8 weight decays × 7 of the 9 DataGrad weights × 3 seeds × 800 iterations (20 epochs of
         # 2,000 images) ≈ 45 min in one process
-        "cpu": Profile(3, {"iterations": 800}, tuple(_wd_cell(wd, d) for wd in WD_GRID for d in DATAGRAD_CPU)),
+        "cpu": Profile(3, {"iterations": 800}, tuple(wd_cell(wd, d) for wd in WD_GRID for d in DATAGRAD_CPU)),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
