@@ -16,6 +16,7 @@ Standard deviations are sample standard deviations (ddof = 1), as in the authors
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from scipy import stats as _stats
@@ -64,7 +65,7 @@ def welch_values(xa: list[float], xb: list[float], a: str = "a", b: str = "b") -
     diff = (sum(xa) / len(xa) - sum(xb) / len(xb)) if xa and xb else math.nan
     if len(xa) < 2 or len(xb) < 2:
         return Comparison(a, b, diff, math.nan, math.nan, len(xa), len(xb))
-    va, vb = _stats.tvar(xa) / len(xa), _stats.tvar(xb) / len(xb)    # tvar: ddof = 1
+    va, vb = statistics.variance(xa) / len(xa), statistics.variance(xb) / len(xb)    # ddof = 1
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1)) if se > 0 else math.nan
     result = _stats.ttest_ind(xa, xb, equal_var=False)
@@ -84,6 +85,29 @@ def welch_summary(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: f
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else math.nan
     return Comparison(a, b, mean_a - mean_b, float(result.statistic), float(result.pvalue), n_a, n_b, se, df)
+
+
+def difference_of_differences(records: list[Record], a1: str, b1: str, a2: str, b2: str,
+                              metric: str) -> Comparison:
+    """Is the gain of a1 over b1 larger than the gain of a2 over b2? A Welch-type t-test of
+    (ā1 − b̄1) − (ā2 − b̄2), four independent groups, Satterthwaite degrees of freedom. The result's
+    ``a``/``b`` name the two gains; ``n_a``/``n_b`` are the smallest group sizes on each side."""
+    groups = [values(records, c, metric) for c in (a1, b1, a2, b2)]
+    name_a, name_b = f"{a1} − {b1}", f"{a2} − {b2}"
+    if any(len(g) < 2 for g in groups):
+        means = [sum(g) / len(g) if g else math.nan for g in groups]
+        return Comparison(name_a, name_b, means[0] - means[1] - means[2] + means[3], math.nan, math.nan,
+                          min(len(g) for g in groups[:2]), min(len(g) for g in groups[2:]))
+    means = [sum(g) / len(g) for g in groups]
+    parts = [statistics.variance(g) / len(g) for g in groups]
+    diff = means[0] - means[1] - means[2] + means[3]
+    se = math.sqrt(sum(parts))
+    if se == 0:
+        return Comparison(name_a, name_b, diff, math.nan, math.nan, min(map(len, groups[:2])), min(map(len, groups[2:])))
+    df = sum(parts) ** 2 / sum(v ** 2 / (len(g) - 1) for v, g in zip(parts, groups))
+    t = diff / se
+    return Comparison(name_a, name_b, diff, t, float(2 * _stats.t.sf(abs(t), df)),
+                      min(map(len, groups[:2])), min(map(len, groups[2:])), se, df)
 
 
 def detectable(c: Comparison, alpha: float = 0.05, power: float = 0.8) -> float:

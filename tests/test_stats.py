@@ -87,3 +87,12 @@ def test_claims_table_and_summaries_print_two_decimals():
 def test_reported_table1_has_every_cell_of_the_experiment():
     from gradreg import experiments
     assert set(papers.reported("mnist-table1").cells) == set(experiments.get("mnist-table1").cells)
+
+
+def test_difference_of_differences_reduces_to_welch_with_constant_baselines():
+    """With two baselines of zero spread the test is Welch's on the two treated groups, shifted."""
+    records = _records({"a1": [3.0, 3.4, 3.2], "b1": [1.0, 1.0, 1.0], "a2": [2.0, 2.1, 1.8, 2.2], "b2": [0.5] * 4})
+    c = stats.difference_of_differences(records, "a1", "b1", "a2", "b2", "acc")
+    w = stats.welch_values([3.0, 3.4, 3.2], [2.0, 2.1, 1.8, 2.2])
+    assert math.isclose(c.diff, w.diff - 0.5) and math.isclose(c.se, w.se) and math.isclose(c.df, w.df)
+    assert math.isclose(c.t, (w.diff - 0.5) / w.se)
