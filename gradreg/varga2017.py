@@ -56,9 +56,9 @@ register(Experiment(
     cells=_table1_cells(),
     profiles={
         "smoke": Profile(1, {"iterations": 20, "n_train": 200, "n_test": 500, "eval_points": 200}),
-        # 3 seeds × 3,000 iterations ≈ 90 min in one single-threaded process (lenettuned at one
+        # 3 seeds × 2,500 iterations ≈ 75 min in one single-threaded process (lenettuned at one
         # thread beside a second grid: ~37 ms plain, ~80 ms SpectReg or DataGrad step)
-        "cpu": Profile(3, {"iterations": 3000}),
+        "cpu": Profile(3, {"iterations": 2500}),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
@@ -156,7 +156,7 @@ register(Experiment(
     cells=_sin5x_cells(),
     profiles={
         "smoke": Profile(1, {"iterations": 50}),
-        "cpu": Profile(3),
+        "cpu": Profile(3, {"iterations": 6000}),   # ≈ 12 min in one process
         "paper": Profile(3),
     },
     extra_metrics=sin5x_metrics,
@@ -251,9 +251,9 @@ register(Experiment(
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200},
                          ("wd0/dg0", "wd0/dg10", "wd0.1/dg0", "wd0.1/dg10")),
-        # the 8 weight decays × 7 of the 9 DataGrad weights × 3 seeds × 800 iterations (20 epochs of
-        # 2,000 images) ≈ 45 min in one process
-        "cpu": Profile(3, {"iterations": 800}, tuple(wd_cell(wd, d) for wd in WD_GRID for d in DATAGRAD_CPU)),
+        # the 8 weight decays × 7 of the 9 DataGrad weights × 3 seeds × 600 iterations (15 epochs of
+        # 2,000 images) ≈ 37 min in one process
+        "cpu": Profile(3, {"iterations": 600}, tuple(wd_cell(wd, d) for wd in WD_GRID for d in DATAGRAD_CPU)),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
