@@ -118,6 +118,18 @@ SIN5X_WEIGHTS = {"spectreg": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0],
                  "datagrad": [1e-4, 1e-3, 1e-2, 1e-1, 0.2, 0.5, 1.0, 10.0]}
 
 
+def authors_weight(regularizer: str, weight: float, batch_size: int = 50) -> float:
+    """The authors' toy-code weight that gives the same objective as our ``weight`` (up to a constant
+    factor, to which Adam is blind). Their loss is ½·Σ_batch (f − y)², ours the batch mean of
+    (f − y)²: dividing theirs by B/2 turns a penalty weight Λ into 2Λ/B, so SpectReg's Λ = (B/2)·λ.
+    Their DataGrad differentiates the ½-scaled loss, (f − y)·f′ per point where ours is 2(f − y)·f′,
+    a further factor 4: Λ = 2B·λ. With B = 50: ×25 and ×100."""
+    factors = {"spectreg": batch_size / 2, "datagrad": 2 * batch_size}
+    if regularizer not in factors:
+        raise ValueError(f"no weight mapping for {regularizer!r}; known: {', '.join(factors)}")
+    return factors[regularizer] * weight
+
+
 def slope(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """|f′(x)| of a 1-D → 1-D network at each point: [N, 1] -> [N]."""
     x = x.detach().requires_grad_(True)

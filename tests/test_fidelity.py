@@ -159,3 +159,29 @@ def test_stored_runs_of_another_configuration_are_refused(results_dir):
     # the current configuration is not stale, whatever device it ran on
     record["config"] = json.loads(json.dumps(cfg.replace(device="cuda:0").to_dict()))
     assert experiments.stale(name, "smoke", [record]) == []
+
+
+# ---------------------------------------------------------------- sin(5x) weights
+
+def test_authors_sin5x_weights_give_the_same_objective_up_to_a_constant():
+    """½·Σ(f − y)² + Λ·mean(pen_theirs) equals (B/2)·[mean (f − y)² + λ·mean(pen_ours)] when Λ is
+    ``authors_weight(λ)``: checked on a toy batch for SpectReg (r = 1) and DataGrad."""
+    from gradreg import varga2017
+    torch.manual_seed(0)
+    model = models.build("toy", hidden=8, depth=1).double()
+    x, y = torch.rand(50, 1, dtype=torch.float64) * 2 - 1, torch.randn(50, dtype=torch.float64)
+    lam, B = 0.3, 50
+    xg = x.clone().requires_grad_(True)
+    f = model(xg).flatten()
+    (fp,) = torch.autograd.grad(f.sum(), xg, create_graph=True)
+    fp = fp.flatten()
+    ours_mse = ((f - y) ** 2).mean()
+    theirs_l2 = 0.5 * ((f - y) ** 2).sum()
+    spect_ours = regularizers.spectreg(model, x, y, r=torch.ones(1, dtype=torch.float64)).mean()
+    assert torch.allclose(spect_ours, (fp ** 2).mean())
+    theirs = theirs_l2 + varga2017.authors_weight("spectreg", lam, B) * (fp ** 2).mean()
+    assert torch.allclose(theirs, B / 2 * (ours_mse + lam * spect_ours))
+    dg_ours = regularizers.datagrad(model, x, y, loss="squared_error").mean()
+    dg_theirs = (((f - y) * fp) ** 2).mean()                       # ∂(½Σ(f − y)²)/∂x_i, squared
+    theirs = theirs_l2 + varga2017.authors_weight("datagrad", lam, B) * dg_theirs
+    assert torch.allclose(theirs, B / 2 * (ours_mse + lam * dg_ours))
