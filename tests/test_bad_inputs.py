@@ -56,7 +56,7 @@ SETTINGS: list[tuple[dict[str, Any], list[str], str]] = [
     ({"batch_size": 0}, ["batch_size=0"], "batch_size must be an integer"),
     ({"iterations": 0}, ["iterations=0"], "iterations must be an integer"),
     ({"log_every": 2.0}, ["log_every=2.0"], "log_every must be an integer"),
-    ({"separate_pass": 1}, ["separate_pass=1"], "separate_pass must be True or False"),
+    ({"separate_pass": 1}, ["separate_pass=1"], "separate_pass must be True, False or None"),
     ({"weight": 5.0}, ["weight=5"], "no regularizer"),
     ({"regularizer": "datagrad", "weight": -1.0}, ["regularizer=datagrad", "weight=-1"], "weight must be"),
     ({"regularizer": "gradnorm", "weight": 1.0}, ["regularizer=gradnorm", "weight=1"], "unknown regularizer"),
