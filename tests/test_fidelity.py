@@ -185,3 +185,18 @@ def test_authors_sin5x_weights_give_the_same_objective_up_to_a_constant():
     dg_theirs = (((f - y) * fp) ** 2).mean()                       # ∂(½Σ(f − y)²)/∂x_i, squared
     theirs = theirs_l2 + varga2017.authors_weight("datagrad", lam, B) * dg_theirs
     assert torch.allclose(theirs, B / 2 * (ours_mse + lam * dg_ours))
+
+
+def test_every_classifier_run_stores_the_jacobian_norms_it_promises():
+    """``evaluate`` stores ‖J_g‖_F at training, test, noisy and between-training points; the test-point
+    value is the brute-force Jacobian's mean over the first ``eval_points`` test points."""
+    from gradreg.train import evaluate
+    torch.manual_seed(0)
+    x = torch.randn(40, 1, 28, 28)
+    d = data.Dataset("mnist", x[:20], torch.arange(20) % 10, x[20:], torch.arange(20) % 10, 10, official=True)
+    model = models.build("lenet", head="dropout")
+    metrics = evaluate(model, d, TrainConfig(eval_points=12), torch.Generator().manual_seed(0))
+    assert {"jac_fro_train", "jac_fro_test", "jac_fro_noisy", "jac_fro_path"} <= set(metrics)
+    model.eval()
+    exact = jacobian.frobenius_norm(jacobian.logits(model, d.x_test[:12])).mean().item()
+    assert metrics["jac_fro_test"] == pytest.approx(exact, rel=1e-5)
