@@ -36,6 +36,7 @@ from .errors import GradregError
 from .train import (
     augment,
     finish,
+    flush_denormals,
     load_data,
     make_optimizer,
     make_scheduler,
@@ -125,6 +126,7 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
     if not seeds or not isinstance(seeds, (list, tuple)) or len(set(seeds)) != len(seeds):
         raise GradregError(f"train_seeds needs a list of distinct seeds, got {seeds!r}")
     device = resolve_device(cfg.device)
+    flush_denormals(device)
     cfgs = [cfg.replace(seed=s) for s in seeds]           # each seed validated as a config field
     data = [load_data(c, device, data_dir).to(device) for c in cfgs]
     sizes = {len(d.x_train) for d in data}

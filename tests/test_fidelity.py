@@ -200,3 +200,13 @@ def test_every_classifier_run_stores_the_jacobian_norms_it_promises():
     model.eval()
     exact = jacobian.frobenius_norm(jacobian.logits(model, d.x_test[:12])).mean().item()
     assert metrics["jac_fro_test"] == pytest.approx(exact, rel=1e-5)
+
+
+def test_training_on_the_cpu_flushes_subnormals():
+    """Subnormal weights cost ~100× per multiply on x86; ``train`` turns on flush-to-zero on the CPU."""
+    from gradreg.train import flush_denormals
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() != 0.0
+    flush_denormals(torch.device("cpu"))
+    assert (tiny * 1.0).item() == 0.0
