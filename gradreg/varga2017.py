@@ -56,9 +56,10 @@ register(Experiment(
     cells=_table1_cells(),
     profiles={
         "smoke": Profile(1, {"iterations": 20, "n_train": 200, "n_test": 500, "eval_points": 200}),
-        # 3 seeds × 2,500 iterations ≈ 75 min in one single-threaded process (lenettuned at one
-        # thread beside a second grid: ~37 ms plain, ~80 ms SpectReg or DataGrad step)
-        "cpu": Profile(3, {"iterations": 2500}),
+        # 3 seeds × 2,000 iterations (50 passes over the 2,000 digits) ≈ 70 min in one single-threaded
+        # process (lenettuned at one thread beside a second grid: ~37 ms plain, ~80 ms SpectReg or
+        # DataGrad step, ~30 s evaluation)
+        "cpu": Profile(3, {"iterations": 2000}),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
@@ -264,9 +265,9 @@ register(Experiment(
     profiles={
         "smoke": Profile(1, {"iterations": 10, "n_train": 200, "n_test": 500, "eval_points": 200},
                          ("wd0/dg0", "wd0/dg10", "wd0.1/dg0", "wd0.1/dg10")),
-        # 6 of the 8 weight decays × 7 of the 9 DataGrad weights × 3 seeds × 600 iterations (15 epochs
-        # of 2,000 images) ≈ 30 min in one process
-        "cpu": Profile(3, {"iterations": 600}, tuple(wd_cell(wd, d) for wd in WD_CPU for d in DATAGRAD_CPU)),
+        # 6 of the 8 weight decays × 7 of the 9 DataGrad weights × 3 seeds × 500 iterations (12.5
+        # epochs of 2,000 images) ≈ 25 min in one process
+        "cpu": Profile(3, {"iterations": 500}, tuple(wd_cell(wd, d) for wd in WD_CPU for d in DATAGRAD_CPU)),
         "paper": Profile(10, {"iterations": 10000}),
     },
 ))
