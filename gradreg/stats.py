@@ -56,8 +56,9 @@ class Verdict:
 
 
 def values(records: list[Record], cell: str, metric: str) -> list[float]:
-    """The per-seed values of a metric in one cell (finished runs only)."""
-    return [r["metrics"][metric] for r in records if r["cell"] == cell and r["status"] == "ok"]
+    """The per-seed values of a metric in one cell (finished runs that measured it)."""
+    return [r["metrics"][metric] for r in records
+            if r["cell"] == cell and r["status"] == "ok" and metric in r["metrics"]]
 
 
 def welch_values(xa: list[float], xb: list[float], a: str = "a", b: str = "b") -> Comparison:

@@ -96,3 +96,8 @@ def test_difference_of_differences_reduces_to_welch_with_constant_baselines():
     w = stats.welch_values([3.0, 3.4, 3.2], [2.0, 2.1, 1.8, 2.2])
     assert math.isclose(c.diff, w.diff - 0.5) and math.isclose(c.se, w.se) and math.isclose(c.df, w.df)
     assert math.isclose(c.t, (w.diff - 0.5) / w.se)
+
+
+def test_runs_without_the_metric_are_left_out():
+    records = _records({"a": [1.0, 2.0]}) + [{"cell": "a", "seed": 9, "status": "ok", "metrics": {}}]
+    assert stats.values(records, "a", "acc") == [1.0, 2.0]
