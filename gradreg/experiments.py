@@ -77,9 +77,12 @@ class Experiment:
             n = int(n)                                               # numpy integers too
         if type(n) is not int or not 1 <= n <= MAX_SEEDS:
             raise GradregError(f"--seeds must be an integer from 1 to {MAX_SEEDS}, got {n!r}")
-        cells = {c: o for c, o in self.cells.items() if prof.cells is None or c in prof.cells}
-        return [(cell, seed, self.base.replace(**{**overrides, **prof.overrides, "seed": seed}))
-                for cell, overrides in cells.items() for seed in range(n)]
+        cells = [c for c in self.cells if prof.cells is None or c in prof.cells]
+        return [(cell, seed, self.config(profile, cell, seed)) for cell in cells for seed in range(n)]
+
+    def config(self, profile: str, cell: str, seed: int) -> TrainConfig:
+        """The config of one run: base, then the cell's overrides, then the profile's, then the seed."""
+        return self.base.replace(**{**self.cells[cell], **self.profile(profile).overrides, "seed": seed})
 
     def estimated_cpu_seconds(self, profile: str) -> float:
         """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost, summed."""
@@ -113,14 +116,13 @@ def stale(name: str, profile: str, records: list[results_store.Record]) -> list[
     longer has, or a config that differs from the registry's for its (cell, seed) in anything but
     the device. Each is described in a line ("cell seed N: field stored → now")."""
     exp = get(name)
-    prof = exp.profile(profile)
+    exp.profile(profile)
     out = []
     for r in records:
         if r["cell"] not in exp.cells:
             out.append(f"{r['cell']} seed {r['seed']}: no such cell")
             continue
-        now = exp.base.replace(**{**exp.cells[r["cell"]], **prof.overrides, "seed": r["seed"]}).to_dict()
-        now = json.loads(json.dumps(now))                       # as stored: tuples become lists
+        now = json.loads(json.dumps(exp.config(profile, r["cell"], r["seed"]).to_dict()))  # as stored: lists
         was = r.get("config", {})
         diff = [k for k in now if k != "device" and was.get(k) != now[k]]
         if diff:
@@ -128,13 +130,16 @@ def stale(name: str, profile: str, records: list[results_store.Record]) -> list[
     return out
 
 
-def _refuse_stale(name: str, profile: str, store: results_store.Store) -> None:
-    """A results file that holds runs of another configuration is an error, never shown or kept as if current."""
-    old = stale(name, profile, store.records())
+def _current(name: str, profile: str, store: results_store.Store) -> list[results_store.Record]:
+    """The store's records, read once; a file that holds runs of another configuration is an error,
+    never shown or kept as if current."""
+    records = store.records()
+    old = stale(name, profile, records)
     if old:
         raise GradregError(f"{store.path} holds {len(old)} run(s) trained with another configuration than "
                            f"the registry's (first: {old[0]}); move that file aside and rerun "
                            f"`{command(name, profile)}`")
+    return records
 
 
 def missing(name: str, profile: str, results_dir: str | None = None) -> list[tuple[str, int]]:
@@ -164,8 +169,7 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
         check_data_dir(data_dir)
     # every argument is checked above: nothing is written for a run that was bound to fail
     store = results_store.Store(name, profile, results_dir)
-    _refuse_stale(name, profile, store)                         # reading writes nothing
-    stored = store.done()
+    stored = {(r["cell"], r["seed"]) for r in _current(name, profile, store)}   # reading writes nothing
     missing_runs = [cfg for c, s, cfg in grid if (c, s) not in stored]
     if missing_runs:                                            # missing or damaged data fail before any write
         load_data(missing_runs[0], resolve_device("cpu"), data_dir)
@@ -237,9 +241,7 @@ def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str
     if run_missing and missing(name, profile, results_dir):
         run(name, profile, results_dir=results_dir, **run_options)
     order = {cell: i for i, cell in enumerate(exp.cells)}
-    store = results_store.Store(name, profile, results_dir)
-    _refuse_stale(name, profile, store)
-    records = store.records()
+    records = _current(name, profile, results_store.Store(name, profile, results_dir))
     return sorted(records, key=lambda r: (order.get(r["cell"], len(order)), r["seed"]))  # grid order
 
 

@@ -81,21 +81,23 @@ def projected_sq_norm(g: Tensor, x: Tensor, w: Tensor) -> Tensor:
     return _sq_norm(grad_x)
 
 
-def frobenius_sq_norm(g: Tensor, x: Tensor, vectorized: bool) -> Tensor:
+def frobenius_sq_norm(g: Tensor, x: Tensor, vectorized: bool, create_graph: bool = True) -> Tensor:
     """‖J_g(x_i)‖_F² per example, exactly: the K vector-Jacobian products J_gᵀ e_k, squared and summed.
 
     ``vectorized``: one vmap-batched call (``is_grads_batched``, cotangents [K, B, K]) — the fast
     way on a GPU, where K small backward passes are launch-bound; else K backward passes in a loop,
     which measured faster on a 2-core CPU and works with ``conv.Conv2d`` (vmap cannot batch it).
+    ``create_graph``: keep the result differentiable (training); False only measures it.
     """
     B, K = g.shape
     if vectorized:
         e = torch.eye(K, dtype=g.dtype, device=g.device).unsqueeze(1).expand(K, B, K)
-        (rows,) = torch.autograd.grad(g, x, e, is_grads_batched=True, create_graph=True)  # [K, B, ...]
+        (rows,) = torch.autograd.grad(g, x, e, is_grads_batched=True, create_graph=create_graph)  # [K, B, ...]
         return rows.flatten(2).pow(2).sum((0, 2))
     total = g.new_zeros(B)
     for k in range(K):
-        (row,) = torch.autograd.grad(g[:, k].sum(), x, create_graph=True)              # J_gᵀ e_k: [B, ...]
+        (row,) = torch.autograd.grad(g[:, k].sum(), x, create_graph=create_graph,
+                                     retain_graph=create_graph or k + 1 < K)         # J_gᵀ e_k: [B, ...]
         total = total + _sq_norm(row)
     return total
 

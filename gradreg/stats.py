@@ -55,6 +55,14 @@ class Verdict:
         return self.text
 
 
+def _se_df(parts: list[tuple[float, int]]) -> tuple[float, float]:
+    """Standard error and Welch–Satterthwaite degrees of freedom of a sum of independent group
+    means, from each group's (sample variance / n, n); df is NaN when there is no spread."""
+    se = math.sqrt(sum(v for v, _ in parts))
+    df = se ** 4 / sum(v ** 2 / (n - 1) for v, n in parts) if se > 0 else math.nan
+    return se, df
+
+
 def values(records: list[Record], cell: str, metric: str) -> list[float]:
     """The per-seed values of a metric in one cell (finished runs that measured it)."""
     return [r["metrics"][metric] for r in records
@@ -66,9 +74,7 @@ def welch_values(xa: list[float], xb: list[float], a: str = "a", b: str = "b") -
     diff = (sum(xa) / len(xa) - sum(xb) / len(xb)) if xa and xb else math.nan
     if len(xa) < 2 or len(xb) < 2:
         return Comparison(a, b, diff, math.nan, math.nan, len(xa), len(xb))
-    va, vb = statistics.variance(xa) / len(xa), statistics.variance(xb) / len(xb)    # ddof = 1
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1)) if se > 0 else math.nan
+    se, df = _se_df([(statistics.variance(x) / len(x), len(x)) for x in (xa, xb)])    # ddof = 1
     result = _stats.ttest_ind(xa, xb, equal_var=False)
     return Comparison(a, b, diff, float(result.statistic), float(result.pvalue), len(xa), len(xb), se, df)
 
@@ -82,9 +88,7 @@ def welch_summary(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: f
                   a: str = "a", b: str = "b") -> Comparison:
     """The same test from reported means, sample stds and counts (e.g. a paper's table)."""
     result = _stats.ttest_ind_from_stats(mean_a, std_a, n_a, mean_b, std_b, n_b, equal_var=False)
-    va, vb = std_a ** 2 / n_a, std_b ** 2 / n_b
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else math.nan
+    se, df = _se_df([(std_a ** 2 / n_a, n_a), (std_b ** 2 / n_b, n_b)])
     return Comparison(a, b, mean_a - mean_b, float(result.statistic), float(result.pvalue), n_a, n_b, se, df)
 
 
@@ -100,12 +104,10 @@ def difference_of_differences(records: list[Record], a1: str, b1: str, a2: str, 
         return Comparison(name_a, name_b, means[0] - means[1] - means[2] + means[3], math.nan, math.nan,
                           min(len(g) for g in groups[:2]), min(len(g) for g in groups[2:]))
     means = [sum(g) / len(g) for g in groups]
-    parts = [statistics.variance(g) / len(g) for g in groups]
     diff = means[0] - means[1] - means[2] + means[3]
-    se = math.sqrt(sum(parts))
+    se, df = _se_df([(statistics.variance(g) / len(g), len(g)) for g in groups])
     if se == 0:
         return Comparison(name_a, name_b, diff, math.nan, math.nan, min(map(len, groups[:2])), min(map(len, groups[2:])))
-    df = sum(parts) ** 2 / sum(v ** 2 / (len(g) - 1) for v, g in zip(parts, groups))
     t = diff / se
     return Comparison(name_a, name_b, diff, t, float(2 * _stats.t.sf(abs(t), df)),
                       min(map(len, groups[:2])), min(map(len, groups[2:])), se, df)

@@ -168,12 +168,7 @@ def jacobian_fro_norms(model: nn.Module, x: Tensor, chunk: int = 500) -> Tensor:
     out = []
     for i in range(0, len(x), chunk):
         xi = x[i: i + chunk].detach().requires_grad_(True)
-        g = model(xi)
-        total = g.new_zeros(len(xi))
-        for k in range(g.shape[1]):
-            (row,) = torch.autograd.grad(g[:, k].sum(), xi, retain_graph=k + 1 < g.shape[1])
-            total += row.flatten(1).pow(2).sum(1)
-        out.append(total.sqrt())
+        out.append(regularizers.frobenius_sq_norm(model(xi), xi, vectorized=False, create_graph=False).sqrt())
     return torch.cat(out)
 
 
