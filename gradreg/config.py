@@ -39,7 +39,8 @@ class TrainConfig:
     dataset: str = "mnist"
     n_train: int | None = 2000          # training subset size (None: all)
     n_test: int | None = None           # evaluate on the first n_test test points (None: all)
-    protocol: str = "official"          # MNIST split: "official" test set, or the authors' "paper" split
+    protocol: str = "official"          # the split: "official" test set; MNIST: the authors' "paper" split;
+                                        # CIFAR-10: "validation" (the last training batch file as test set)
     augment: str = "none"               # "shift" = random 4-px shifts, "shift_flip" adds mirror images
     # model and loss
     model: str = "lenet"
@@ -65,6 +66,7 @@ class TrainConfig:
     log_every: int = 100                # loss history granularity, and how often NaNs are checked
     noise_sigma: float = 0.2            # E10: gradient norms at training points + N(0, sigma²)
     eval_points: int | None = 2000      # cap on points used for the gradient-norm metrics
+    curve_every: int | None = None      # learning curve: test loss/accuracy every k iterations (None: off)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -87,7 +89,9 @@ class TrainConfig:
 # training / test points exist at most (the files on disk may hold fewer: the loader checks that).
 DATA = {"mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000),
         "sin5x": ((1,), None, 10**7, 10**7)}
-PROTOCOL_POOL = {"official": 60000, "paper": 50000}
+# The splits each data set offers, and the training pool each draws its subset from.
+PROTOCOL_POOL = {"mnist": {"official": 60000, "paper": 50000}, "cifar10": {"official": 50000, "validation": 40000},
+                 "sin5x": {"official": 10**7}}
 MAX_SEED = 2**63 - 1
 MAX_COUNT = 10**9        # iterations, batch size, …: more is a typo (and overflows tqdm's len())
 
@@ -141,7 +145,7 @@ def _check_options(what: str, options: Any, allowed: dict[str, tuple[type, ...]]
             _fail(f"{what} {key!r} must be {names}, got {value!r}")
 
 
-INT_FIELDS = ("n_train", "n_test", "eval_points", "iterations", "batch_size", "log_every", "seed")
+INT_FIELDS = ("n_train", "n_test", "eval_points", "iterations", "batch_size", "log_every", "seed", "curve_every")
 REAL_FIELDS = ("lr", "momentum", "weight_decay", "noise_sigma", "weight")
 
 
@@ -169,7 +173,7 @@ def validate(cfg: "TrainConfig") -> None:
     _check_choice("augment", cfg.augment, AUGMENTATIONS)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         _fail(f"unknown device {cfg.device!r}; known: auto, cpu, cuda, cuda:N")
-    _check_choice("protocol", cfg.protocol, tuple(PROTOCOL_POOL))
+    _check_choice(f"protocol for {cfg.dataset}", cfg.protocol, tuple(PROTOCOL_POOL[cfg.dataset]))
     _check_choice("model", cfg.model, list(models.MODELS))
     losses.get(cfg.loss)
     if cfg.regularizer is not None:
@@ -197,18 +201,16 @@ def _validate_numbers(cfg: "TrainConfig") -> None:
 
 def _validate_sizes(cfg: "TrainConfig") -> None:
     _, _, n_train, n_test = DATA[cfg.dataset]
-    if cfg.dataset == "mnist":
-        n_train = PROTOCOL_POOL[cfg.protocol]
+    n_train = min(n_train, PROTOCOL_POOL[cfg.dataset][cfg.protocol])
     _check_int(f"n_train ({cfg.dataset}, at most {n_train})", cfg.n_train, 1, n_train, optional=True)
     _check_int(f"n_test ({cfg.dataset}, at most {n_test})", cfg.n_test, 1, n_test, optional=True)
     _check_int("eval_points", cfg.eval_points, 1, MAX_COUNT, optional=True)
+    _check_int("curve_every", cfg.curve_every, 1, MAX_COUNT, optional=True)
 
 
 def _validate_combination(cfg: "TrainConfig") -> None:
     """Settings that are fine alone but not together."""
     shape, classes, _, _ = DATA[cfg.dataset]
-    if cfg.protocol != "official" and cfg.dataset != "mnist":
-        _fail(f"protocol {cfg.protocol!r} exists for mnist only, not {cfg.dataset}")
     if cfg.augment != "none" and len(shape) != 3:
         _fail(f"augment {cfg.augment!r} needs images; {cfg.dataset} has none")
     wanted = "cross_entropy" if classes else "squared_error"

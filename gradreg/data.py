@@ -456,7 +456,8 @@ def _read_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
 def cifar10_raw(root: str | None = None) -> dict[str, Any]:
     """CIFAR-10 from its "python version" batch files, as uint8 [N, 3, 32, 32] and labels [N].
 
-    Keys: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (tensors); ``official`` (bool: every batch file
+    Keys: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (tensors); ``validation_size`` (images in
+    ``data_batch_5``, the last of the training images: protocol "validation" holds them out); ``official`` (bool: every batch file
     has the MD5 of the original), ``differing`` (tuple of the batch file names whose MD5 differs) and
     ``folder`` (the batch folder). Differing files are still loaded, after the structural checks; the
     offline subset in shared/data is such a case (its files are re-pickled). No warning here: ``cifar10``
@@ -476,9 +477,11 @@ def cifar10_raw(root: str | None = None) -> dict[str, Any]:
                 f"downloaded ({err}). Put data_batch_1..5 and test_batch there, or point --data-dir / "
                 "GRADREG_DATA at a folder that holds cifar-10-batches-py/.") from None
     differing = cifar10_differing(folder)
-    x_train, y_train = _read_batches(folder, CIFAR10_FILES[:5])
+    x_first, y_first = _read_batches(folder, CIFAR10_FILES[:4])
+    x_last, y_last = _read_batches(folder, CIFAR10_FILES[4:5])
     x_test, y_test = _read_batches(folder, CIFAR10_FILES[5:])
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+    return {"x_train": torch.cat([x_first, x_last]), "y_train": torch.cat([y_first, y_last]),
+            "x_test": x_test, "y_test": y_test, "validation_size": len(y_last),
             "official": not differing, "differing": differing, "folder": folder}
 
 
@@ -608,17 +611,27 @@ def mnist(n_train: int | None = None, seed: int = 0, protocol: str = "official",
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10, official=True).to(device)
 
 
-def cifar10(n_train: int | None = None, seed: int = 0, n_test: int | None = None,
+def cifar10(n_train: int | None = None, seed: int = 0, n_test: int | None = None, protocol: str = "official",
             data_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
-    """A standardised CIFAR-10 training subset and the test set, on ``device``; images [N, 3, 32, 32].
+    """A standardised CIFAR-10 training subset and a test set, on ``device``; images [N, 3, 32, 32].
 
+    protocol "official": subset of all training images, evaluated on the test batch.
+    protocol "validation": for choosing weights without looking at the test batch — subset of the
+    first four training batch files, evaluated on the fifth (``data_batch_5``: 10,000 images of the
+    full set, 1,017 of the offline subset; a fifth of the training images either way).
     ``Dataset.official`` records whether the batch files had the originals' MD5s (see ``cifar10_raw``);
     where they did not, one UserWarning per folder says so, once the data set has been built.
     """
     device = _check_args(n_train, n_test, seed, device)
+    if protocol not in ("official", "validation"):
+        raise GradregError(f"unknown CIFAR-10 protocol {protocol!r}; known: official, validation")
     raw = cifar10_raw(_root_key(data_dir))
     name = "CIFAR-10" if raw["official"] else "CIFAR-10 (files that differ from the official ones)"
-    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, int(seed), len(raw["y_train"]), False, n_test, name)
+    available = len(raw["y_train"])
+    pool = available if protocol == "official" else available - raw["validation_size"]
+    if protocol == "validation":
+        name += " without its validation batch"
+    x_tr, y_tr, x_te, y_te = _subset(raw, n_train, int(seed), pool, protocol == "validation", n_test, name)
     x_tr, x_te = _standardise(x_tr, x_te)
     dataset = Dataset("cifar10", x_tr, y_tr, x_te, y_te, 10, official=raw["official"]).to(device)
     if raw["differing"]:

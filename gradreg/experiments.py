@@ -57,6 +57,9 @@ class Experiment:
     cells: dict[str, dict[str, Any]]
     profiles: dict[str, Profile]
     extra_metrics: Callable[[nn.Module, Dataset], dict[str, Any]] | None = None
+    # overrides that come from other stored results, e.g. weights chosen on a validation sweep:
+    # derived(profile, cell, results_dir) -> overrides; a GradregError if those results are missing
+    derived: Callable[[str, str, str | None], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         for name, prof in self.profiles.items():
@@ -69,7 +72,8 @@ class Experiment:
             raise GradregError(f"unknown profile {name!r} for {self.name}; known: {', '.join(self.profiles)}")
         return self.profiles[name]
 
-    def configs(self, profile: str, seeds: int | None = None) -> list[tuple[str, int, TrainConfig]]:
+    def configs(self, profile: str, seeds: int | None = None,
+                results_dir: str | None = None) -> list[tuple[str, int, TrainConfig]]:
         """Every (cell, seed, config) of the grid at this profile, seeds 0 … n−1."""
         prof = self.profile(profile)
         n = prof.seeds if seeds is None else seeds
@@ -78,11 +82,13 @@ class Experiment:
         if type(n) is not int or not 1 <= n <= MAX_SEEDS:
             raise GradregError(f"--seeds must be an integer from 1 to {MAX_SEEDS}, got {n!r}")
         cells = [c for c in self.cells if prof.cells is None or c in prof.cells]
-        return [(cell, seed, self.config(profile, cell, seed)) for cell in cells for seed in range(n)]
+        return [(cell, seed, self.config(profile, cell, seed, results_dir)) for cell in cells for seed in range(n)]
 
-    def config(self, profile: str, cell: str, seed: int) -> TrainConfig:
-        """The config of one run: base, then the cell's overrides, then the profile's, then the seed."""
-        return self.base.replace(**{**self.cells[cell], **self.profile(profile).overrides, "seed": seed})
+    def config(self, profile: str, cell: str, seed: int, results_dir: str | None = None) -> TrainConfig:
+        """The config of one run: base, then the cell's overrides, then those derived from other
+        results (``derived``, read from ``results_dir``), then the profile's, then the seed."""
+        derived = self.derived(profile, cell, results_dir) if self.derived else {}
+        return self.base.replace(**{**self.cells[cell], **derived, **self.profile(profile).overrides, "seed": seed})
 
     def estimated_cpu_seconds(self, profile: str) -> float:
         """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost, summed."""
@@ -111,7 +117,7 @@ def command(name: str, profile: str) -> str:
     return f"gradreg run {name} --profile {profile}"
 
 
-def stale(name: str, profile: str, records: list[results_store.Record]) -> list[str]:
+def stale(name: str, profile: str, records: list[results_store.Record], results_dir: str | None = None) -> list[str]:
     """Stored records that are not what the registry would train now: a cell the experiment no
     longer has, or a config that differs from the registry's for its (cell, seed) in anything but
     the device. Each is described in a line ("cell seed N: field stored → now")."""
@@ -122,7 +128,7 @@ def stale(name: str, profile: str, records: list[results_store.Record]) -> list[
         if r["cell"] not in exp.cells:
             out.append(f"{r['cell']} seed {r['seed']}: no such cell")
             continue
-        now = json.loads(json.dumps(exp.config(profile, r["cell"], r["seed"]).to_dict()))  # as stored: lists
+        now = json.loads(json.dumps(exp.config(profile, r["cell"], r["seed"], results_dir).to_dict()))  # as stored
         was = r.get("config", {})
         diff = [k for k in now if k != "device" and was.get(k) != now[k]]
         if diff:
@@ -130,11 +136,12 @@ def stale(name: str, profile: str, records: list[results_store.Record]) -> list[
     return out
 
 
-def _current(name: str, profile: str, store: results_store.Store) -> list[results_store.Record]:
+def _current(name: str, profile: str, store: results_store.Store,
+             results_dir: str | None = None) -> list[results_store.Record]:
     """The store's records, read once; a file that holds runs of another configuration is an error,
     never shown or kept as if current."""
     records = store.records()
-    old = stale(name, profile, records)
+    old = stale(name, profile, records, results_dir)
     if old:
         raise GradregError(f"{store.path} holds {len(old)} run(s) trained with another configuration than "
                            f"the registry's (first: {old[0]}); move that file aside and rerun "
@@ -145,7 +152,7 @@ def _current(name: str, profile: str, store: results_store.Store) -> list[result
 def missing(name: str, profile: str, results_dir: str | None = None) -> list[tuple[str, int]]:
     """(cell, seed) pairs of the grid that have no stored record yet."""
     done = results_store.Store(name, profile, results_dir).done()
-    return [(c, s) for c, s, _ in get(name).configs(profile) if (c, s) not in done]
+    return [(c, s) for c, s, _ in get(name).configs(profile, results_dir=results_dir) if (c, s) not in done]
 
 
 def run(name: str, profile: str, *, seeds: int | None = None, device: str = "auto",
@@ -163,13 +170,13 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     exp = get(name)
     if not callable(log):
         raise GradregError(f"log must be a function taking a line, got {log!r}")
-    grid = [(c, s, cfg.replace(device=device)) for c, s, cfg in exp.configs(profile, seeds)]
+    grid = [(c, s, cfg.replace(device=device)) for c, s, cfg in exp.configs(profile, seeds, results_dir)]
     on_cuda = resolve_device(device).type == "cuda"
     if data_dir is not None:
         check_data_dir(data_dir)
     # every argument is checked above: nothing is written for a run that was bound to fail
     store = results_store.Store(name, profile, results_dir)
-    stored = {(r["cell"], r["seed"]) for r in _current(name, profile, store)}   # reading writes nothing
+    stored = {(r["cell"], r["seed"]) for r in _current(name, profile, store, results_dir)}   # reading writes nothing
     missing_runs = [cfg for c, s, cfg in grid if (c, s) not in stored]
     if missing_runs:                                            # missing or damaged data fail before any write
         load_data(missing_runs[0], resolve_device("cpu"), data_dir)
@@ -241,7 +248,7 @@ def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str
     if run_missing and missing(name, profile, results_dir):
         run(name, profile, results_dir=results_dir, **run_options)
     order = {cell: i for i, cell in enumerate(exp.cells)}
-    records = _current(name, profile, results_store.Store(name, profile, results_dir))
+    records = _current(name, profile, results_store.Store(name, profile, results_dir), results_dir)
     return sorted(records, key=lambda r: (order.get(r["cell"], len(order)), r["seed"]))  # grid order
 
 

@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .errors import GradregError
 from .train import (
     augment,
+    curve_point,
     finish,
     flush_denormals,
     load_data,
@@ -152,6 +153,7 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
     shared = torch.Generator().manual_seed(seeds[0])               # augmentation, random onehot
 
     history: list[tuple[int, float]] = []
+    curves: list[list[dict[str, float]]] = [[] for _ in seeds]
     window = torch.zeros((), device=device)
     start = time.perf_counter()
     for it in tqdm(range(cfg.iterations), disable=not progress, leave=False, desc=f"{len(seeds)} seeds"):
@@ -166,16 +168,21 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
         if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:
             history.append((it + 1, window.item() / ((it % cfg.log_every) + 1)))
             window.zero_()
+        if cfg.curve_every and (it + 1) % cfg.curve_every == 0:
+            for s, (c, d, curve) in enumerate(zip(cfgs, data, curves)):
+                with torch.random.fork_rng(devices=[]):     # building draws weights: not from the training stream
+                    member = stack.member(s, models.build(c.model, **c.model_options).to(device))
+                curve.append(curve_point(member, d, c, it + 1))
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_seconds = (time.perf_counter() - start) / len(seeds)
 
     out = []
-    for s, (c, d, g) in enumerate(zip(cfgs, data, generators)):
+    for s, (c, d, g, curve) in enumerate(zip(cfgs, data, generators, curves)):
         start = time.perf_counter()
         model = stack.member(s, models.build(c.model, **c.model_options).to(device))
         status, metrics = finish(model, d, c, g, extra_metrics)
-        out.append({"status": status, "metrics": metrics, "history": history,
+        out.append({"status": status, "metrics": metrics, "history": history, "curve": curve,
                     "iterations_done": cfg.iterations, "train_seconds": train_seconds,
                     "eval_seconds": time.perf_counter() - start, "device": str(device), "model": model,
                     "seed_batch": len(seeds)})

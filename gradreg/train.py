@@ -58,7 +58,7 @@ def load_data(cfg: TrainConfig, device: torch.device, data_dir: str | None = Non
         return datasets.sin5x(cfg.n_train or 100, cfg.seed, n_test=cfg.n_test or 900, device=device)
     options: dict[str, Any] = dict(n_train=cfg.n_train, seed=cfg.seed, n_test=cfg.n_test,
                                    data_dir=data_dir, device=device)
-    if cfg.dataset == "mnist":
+    if cfg.dataset in ("mnist", "cifar10"):
         options["protocol"] = cfg.protocol
     return datasets.load(cfg.dataset, **options)
 
@@ -194,6 +194,16 @@ def _loss_and_accuracy(model: nn.Module, x: Tensor, y: Tensor, loss: str, chunk:
     return out
 
 
+def curve_point(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig, iteration: int) -> dict[str, float]:
+    """One point of the learning curve: test loss (and accuracy) in eval mode at ``iteration``; the
+    model is put back in training mode. Forward passes only, without gradients."""
+    model.eval()
+    point = {"iteration": iteration, **{f"test_{k}": v for k, v in
+                                        _loss_and_accuracy(model, data.x_test, data.y_test, cfg.loss).items()}}
+    model.train()
+    return point
+
+
 def evaluate(model: nn.Module, data: datasets.Dataset, cfg: TrainConfig,
              generator: torch.Generator | None = None) -> dict[str, float]:
     """Final metrics in eval mode: loss/accuracy on train and test; mean input-gradient norms
@@ -256,7 +266,10 @@ def _floats(obj: Any) -> list[float]:
 def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: str | None = None,
           progress: bool = True,
           extra_metrics: Callable[[nn.Module, datasets.Dataset], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train one model as ``cfg`` says and return {status, metrics, history, times, device, model}.
+    """Train one model as ``cfg`` says and return {status, metrics, history, curve, times, device, model}.
+
+    ``history``: (iteration, mean objective of the window) every ``log_every`` iterations; ``curve``:
+    test loss and accuracy every ``cfg.curve_every`` iterations (empty when off); both are stored.
 
     ``data``: reuse already loaded tensors (else loaded from the config and ``data_dir``).
     ``extra_metrics(model, data)``: experiment-specific measurements added to the metrics.
@@ -280,6 +293,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     batches = datasets.batch_indices(len(data.x_train), cfg.batch_size, generator)
 
     history: list[tuple[int, float]] = []
+    curve: list[dict[str, float]] = []
     status, window = "ok", torch.zeros((), device=device)
     bar = tqdm(range(cfg.iterations), disable=not progress, leave=False, desc=cfg.regularizer or "plain")
     start = time.perf_counter()
@@ -297,12 +311,14 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
             if not math.isfinite(mean_loss):
                 status = "diverged"
                 break
+        if cfg.curve_every and (it + 1) % cfg.curve_every == 0:
+            curve.append(curve_point(model, data, cfg, it + 1))
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     status, metrics = finish(model, data, cfg, generator, extra_metrics) if status == "ok" else (status, {})
-    return {"status": status, "metrics": metrics, "history": history, "iterations_done": history[-1][0],
+    return {"status": status, "metrics": metrics, "history": history, "curve": curve, "iterations_done": history[-1][0],
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start, "device": str(device),
             "model": model}
