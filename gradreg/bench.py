@@ -27,10 +27,16 @@ DATASET = {"lenet": "mnist", "lenettuned": "mnist", "mlp": "mnist", "cifar_resne
 LIMITS = {"batch_size": 10_000, "reps": 10_000, "steps": 10_000, "seed_batch": 1_000}  # beyond: a typo
 
 
-def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
-    """A closure doing one full training step of a fresh model under ``cfg``."""
+LAYOUTS = ("contiguous", "channels_last")
+
+
+def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, layout: str = "contiguous"):
+    """A closure doing one full training step of a fresh model under ``cfg``, with its weights and
+    the batch in ``layout`` (channels_last: NHWC in memory, the layout oneDNN/cuDNN prefer)."""
     torch.manual_seed(0)
-    model = models.build(cfg.model).to(x.device)
+    model = models.build(cfg.model, **cfg.model_options).to(x.device)
+    if layout == "channels_last":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(0)
     params = list(model.parameters())
@@ -90,22 +96,41 @@ def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torc
 
 
 def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int = 10,
-          device: str = "auto", names: list[str] | None = None) -> dict[str, Any]:
-    """Median seconds per step of a plain step and of each regularizer's step, and their ratios."""
+          device: str = "auto", names: list[str] | None = None, model_options: dict[str, Any] | None = None,
+          layout: str = "contiguous") -> dict[str, Any]:
+    """Median seconds per step of a plain step and of each regularizer's step, their ratios to the
+    plain step, and images per second. ``model_options`` go to the model builder (e.g. a ResNet's
+    ``width`` and ``blocks``); ``layout`` is the memory format of weights and batch."""
     _check_counts(batch_size=batch_size, reps=reps, steps=steps)
+    if layout not in LAYOUTS:
+        raise GradregError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     dev = resolve_device(device)
     names = names or regularizers.names()
     for name in names:
         regularizers.get(name)
-    base = TrainConfig(model=model, dataset=_dataset(model))
+    base = TrainConfig(model=model, dataset=_dataset(model), model_options=dict(model_options or {}))
     with _memory_guard(f"{model} at batch {batch_size}"):
         x, y = _batch(model, batch_size, dev)
-        variants = {"plain": _stepper(base, x, y)}
-        variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y) for n in names})
+        variants = {"plain": _stepper(base, x, y, layout)}
+        variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y, layout) for n in names})
         median = _time_interleaved(variants, reps, steps, dev)
-    return {"model": model, "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-            "reps": reps, "steps": steps, "torch": torch.__version__,
-            "seconds_per_step": median, "ratio": {k: median[k] / median["plain"] for k in names}}
+    return {"model": model, "model_options": dict(model_options or {}), "layout": layout,
+            "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+            "reps": reps, "steps": steps, "torch": torch.__version__, "seconds_per_step": median,
+            "images_per_second": {k: batch_size / v for k, v in median.items()},
+            "ratio": {k: median[k] / median["plain"] for k in names}}
+
+
+def kind(result: dict[str, Any]) -> str:
+    """The file-name tag of a bench result: "" for the default LeNet bench (``results/bench/cpu.json``),
+    else the model, its options and a non-default layout, e.g. "cifar_resnet-blocks1-width1"."""
+    options = result.get("model_options") or {}
+    if result["model"] == "lenet" and not options and result.get("layout", "contiguous") == "contiguous":
+        return ""
+    tags = [result["model"], *(f"{k}{v}" for k, v in sorted(options.items()))]
+    if result.get("layout", "contiguous") != "contiguous":
+        tags.append(result["layout"])
+    return "-".join(tags)
 
 
 def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", seeds: int = 4,
@@ -135,12 +160,14 @@ def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", se
 
 def table(result: dict[str, Any]) -> str:
     """The bench result as a plain-text table."""
-    lines = [f"{result['model']}, batch {result['batch_size']}, {result['device']} "
-             f"({result['threads']} threads), median of {result['reps']} interleaved reps × {result['steps']} steps",
-             f"{'regularizer':<14}{'ms/step':>9}{'× plain':>9}",
-             f"{'plain':<14}{1000 * result['seconds_per_step']['plain']:>9.2f}{1.0:>9.2f}"]
-    for name, ratio in result["ratio"].items():
-        lines.append(f"{name:<14}{1000 * result['seconds_per_step'][name]:>9.2f}{ratio:>9.2f}")
+    options = result.get("model_options") or {}
+    lines = [f"{result['model']}{' ' + str(options) if options else ''}, batch {result['batch_size']}, "
+             f"{result.get('layout', 'contiguous')}, {result['device']} ({result['threads']} threads), "
+             f"median of {result['reps']} interleaved reps × {result['steps']} steps",
+             f"{'regularizer':<14}{'ms/step':>9}{'× plain':>9}{'images/s':>10}"]
+    for name, ratio in {"plain": 1.0, **result["ratio"]}.items():
+        seconds = result["seconds_per_step"][name]
+        lines.append(f"{name:<14}{1000 * seconds:>9.2f}{ratio:>9.2f}{result['batch_size'] / seconds:>10.1f}")
     return "\n".join(lines)
 
 
@@ -163,3 +190,59 @@ def load(device: str = "cpu", results_dir: str | None = None, kind: str = "") ->
     """The saved bench result for a device type, or None if ``gradreg bench --save`` never ran there."""
     p = path(device, results_dir, kind)
     return results_store.read_json(p, "bench result") if p.exists() else None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 for the block: the profiler's C++ side prints start/stop lines there,
+    which would land in a chapter's output."""
+    import os
+    import sys
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def where_time_goes(model: str = "cifar_resnet", regularizer: str | None = "datagrad", batch_size: int = 128,
+                    steps: int = 3, device: str = "cpu", model_options: dict[str, Any] | None = None,
+                    top: int = 8) -> dict[str, Any]:
+    """Profile ``steps`` full training steps (after one warm-up) with ``torch.profiler`` and return the
+    ``top`` operators by their own time (self time, not counting the operators they call): name,
+    milliseconds per step and share of the step, plus the step's total. CPU time on a CPU, device
+    time on CUDA."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _check_counts(batch_size=batch_size, steps=steps)
+    dev = resolve_device(device)
+    cfg = TrainConfig(model=model, dataset=_dataset(model), model_options=dict(model_options or {}),
+                      regularizer=regularizer, weight=0.01 if regularizer else 0.0)
+    x, y = _batch(model, batch_size, dev)
+    run_step = _stepper(cfg, x, y)
+    run_step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with _quiet_stderr(), profile(activities=activities) as prof:
+        for _ in range(steps):
+            run_step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in ops) / 1000 / steps                     # µs → ms per step
+    rows = [{"operator": e.key, "ms/step": getattr(e, key) / 1000 / steps,
+             "share": getattr(e, key) / 1000 / steps / total} for e in ops[:top]]
+    # autograd's backward nodes by *total* time (with the operators they call): which layer's
+    # derivative the time is spent in, e.g. BatchNorm's double backward "NativeBatchNormBackwardBackward0"
+    total_key = key.replace("self_", "")
+    nodes = sorted((e for e in ops if e.key.endswith(("Backward0", "Backward1")) and "evaluate_function" not in e.key),
+                   key=lambda e: getattr(e, total_key), reverse=True)
+    node_rows = [{"autograd node": e.key, "ms/step": getattr(e, total_key) / 1000 / steps,
+                  "share": getattr(e, total_key) / 1000 / steps / total} for e in nodes[:top]]
+    return {"model": model, "model_options": dict(model_options or {}), "regularizer": regularizer,
+            "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+            "ms_per_step": total, "top": rows, "nodes": node_rows}

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import bench as bench_mod
 from . import experiments, results
-from .errors import GradregError
+from .errors import GradregError, ResultsMissing
 from .config import TrainConfig
 from .train import train
 
@@ -32,7 +32,11 @@ def _cmd_list(args: argparse.Namespace) -> None:
     print(f"{'experiment':<{width}}{'profile':<8}{'runs':>6}{'iterations':>12}{'est. 2-core CPU':>17}  source")
     for exp in experiments.REGISTRY.values():
         for profile in exp.profiles:
-            grid = exp.configs(profile)
+            try:
+                grid = exp.configs(profile)
+            except ResultsMissing as err:   # settings derived from results not yet stored
+                print(f"{exp.name:<{width}}{profile:<8}  not yet configurable: {err}")
+                continue
             minutes = exp.estimated_cpu_seconds(profile) / 60
             print(f"{exp.name:<{width}}{profile:<8}{len(grid):>6}{grid[0][2].iterations:>12}"
                   f"{minutes:>13.1f} min  {exp.source if profile == 'smoke' else ''}")
@@ -45,6 +49,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
     experiments.run(args.experiment, args.profile, seeds=args.seeds, device=args.device,
                     data_dir=args.data_dir, results_dir=args.results_dir, progress=not args.no_progress,
                     batch_seeds=args.batch_seeds)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A --model-options value: a JSON object, else one GradregError."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise GradregError(f"--model-options must be a JSON object, e.g. '{{\"width\": 1}}': {err}") from None
+    if not isinstance(value, dict):
+        raise GradregError(f"--model-options must be a JSON object, got {text!r}")
+    return value
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -61,10 +76,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         if args.save:
             print(f"saved to {bench_mod.save(result, args.results_dir, kind='seeds')}")
         return
-    result = bench_mod.bench(args.model, args.batch_size, args.reps, args.steps, args.device)
+    result = bench_mod.bench(args.model, args.batch_size, args.reps, args.steps, args.device,
+                             args.only.split(",") if args.only else None, _json_object(args.model_options),
+                             "channels_last" if args.channels_last else "contiguous")
     print(bench_mod.table(result))
     if args.save:
-        print(f"saved to {bench_mod.save(result, args.results_dir)}")
+        print(f"saved to {bench_mod.save(result, args.results_dir, kind=bench_mod.kind(result))}")
     if args.json:
         print(json.dumps(result["ratio"]))
 
@@ -127,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--save", action="store_true", help="store the result in results/bench/<device>.json")
     b.add_argument("--results-dir", default=None)
     b.add_argument("--model", default="lenet")
+    b.add_argument("--model-options", default="{}", metavar="JSON",
+                   help='options of the model builder, e.g. \'{"width": 1, "blocks": 1}\' for cifar_resnet')
+    b.add_argument("--channels-last", action="store_true", help="weights and batch in channels_last memory format")
+    b.add_argument("--only", default=None, metavar="R1,R2", help="time only these regularizers (default: all)")
     b.add_argument("--batch-size", type=int, default=50)
     b.add_argument("--reps", type=int, default=7)
     b.add_argument("--steps", type=int, default=10)

@@ -173,7 +173,8 @@ def validate(cfg: "TrainConfig") -> None:
     _check_choice("augment", cfg.augment, AUGMENTATIONS)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         _fail(f"unknown device {cfg.device!r}; known: auto, cpu, cuda, cuda:N")
-    _check_choice(f"protocol for {cfg.dataset}", cfg.protocol, tuple(PROTOCOL_POOL[cfg.dataset]))
+    if cfg.protocol not in PROTOCOL_POOL[cfg.dataset]:
+        _fail(f"unknown protocol {cfg.protocol!r} for {cfg.dataset}; known: {', '.join(PROTOCOL_POOL[cfg.dataset])}")
     _check_choice("model", cfg.model, list(models.MODELS))
     losses.get(cfg.loss)
     if cfg.regularizer is not None:

@@ -3,3 +3,8 @@
 
 class GradregError(Exception):
     """A user-facing error: bad input, missing data, unknown name. Its message says what to do."""
+
+
+class ResultsMissing(GradregError):
+    """A grid whose settings come from other stored results (weights chosen on a validation sweep)
+    asked for before those results exist; the message names the command that makes them."""

@@ -179,3 +179,24 @@ def grad_norms(records: list[Record], cells: list[str], ax: Axes | None = None,
     ax.set_xticklabels(cells, rotation=30, ha="right")
     ax.legend(fontsize="small")
     return ax
+
+
+def learning_curves(records: list[Record], cells: list[str], metric: str = "test_accuracy", ax: Axes | None = None,
+                    ylabel: str = "test accuracy (%)") -> Axes:
+    """The stored learning curves (``TrainConfig.curve_every``): per cell the mean over seeds of
+    ``metric`` against the iteration, with a band from the lowest to the highest seed."""
+    import numpy as np
+
+    ax = ax or plt.subplots(figsize=(6.5, 3.5))[1]
+    for k, cell in enumerate(cells):
+        curves = [r["curve"] for r in _by_cell(records).get(cell, []) if r.get("curve")]
+        if not curves:
+            continue
+        n = min(map(len, curves))
+        its = [p["iteration"] for p in curves[0][:n]]
+        ys = np.array([[p[metric] for p in c[:n]] for c in curves])
+        ax.plot(its, ys.mean(0), color=f"C{k}", label=f"{cell} ({len(curves)} seeds)")
+        ax.fill_between(its, ys.min(0), ys.max(0), color=f"C{k}", alpha=0.2, lw=0)
+    ax.set(xlabel="iteration", ylabel=ylabel)
+    ax.legend(fontsize="small")
+    return ax

@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from . import experiments, stats
+from .errors import ResultsMissing
 from .results import Record
 
 STD_NOTE = ("Numbers are means over seeds with the sample standard deviation (ddof = 1, as in the "
@@ -101,3 +102,34 @@ def claims_table(tested: list[tuple[Claim, stats.Comparison, stats.Verdict]], un
                         f"difference ({unit})": "—" if math.isnan(c.diff) else f"{c.diff:+.{digits}f}",
                         "Welch p": "—" if math.isnan(c.p) else f"{c.p:.2g}", "verdict": v.text}
                        for claim, c, v in tested])
+
+
+def step_costs(records: list[Record], cells: list[str], baseline: str = "baseline") -> str:
+    """A Markdown table of what each cell's runs cost, from their stored timings (mean over seeds):
+    ms per step, images per second, the ratio to ``baseline`` (also the ratio of epoch costs) and
+    seconds per 1,000 training images (× 50 for an epoch of the full CIFAR-10). The timings include
+    the learning-curve evaluations, which cost every cell the same few seconds."""
+    per_step: dict[str, list[float]] = {}
+    batch: dict[str, int] = {}
+    for r in records:
+        if r["status"] == "ok" and r.get("iterations_done"):
+            per_step.setdefault(r["cell"], []).append(r["train_seconds"] / r["iterations_done"])
+            batch[r["cell"]] = r["config"]["batch_size"]
+    mean = {c: statistics.fmean(v) for c, v in per_step.items()}
+    rows = [{"cell": c, "runs": len(per_step[c]), "ms/step": f"{1000 * mean[c]:.0f}",
+             "images/s": f"{batch[c] / mean[c]:.0f}",
+             f"× {baseline}": f"{mean[c] / mean[baseline]:.2f}" if baseline in mean else "—",
+             "s per 1,000 images": f"{1000 / batch[c] * mean[c]:.1f}"}
+            for c in cells if c in mean]
+    return rows_table(rows) if rows else ""
+
+
+def load(name: str, profile: str, train_missing: bool = False) -> tuple[list[Record], str | None]:
+    """What a chapter shows of an experiment: its stored records (training the missing runs first if
+    ``train_missing``) and a note when runs are missing, or when the grid cannot be configured yet
+    (settings derived from results not yet stored): then no records and the note says what to run."""
+    try:
+        records = experiments.load(name, profile, run_missing=train_missing, progress=False, log=lambda _: None)
+        return records, missing_note(name, profile)
+    except ResultsMissing as err:
+        return [], f"`{name}` at profile `{profile}` cannot run yet: {err}."

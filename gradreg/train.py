@@ -49,6 +49,20 @@ def flush_denormals(device: torch.device) -> None:
         torch.set_flush_denormal(True)
 
 
+def fast_layout(model: nn.Module, device: torch.device) -> torch.memory_format:
+    """The memory layout a run's convolutions are fastest in, applied to ``model`` in place.
+
+    On CUDA: channels_last (NHWC), which cuDNN's kernels prefer, and cuDNN's autotuner on. On the CPU:
+    the default layout: measured with ``gradreg bench --channels-last``, oneDNN's NHWC kernels make
+    the double backward of DataGrad and SpectReg markedly slower and the plain step no faster.
+    The values are the same either way (a test checks loss and gradients)."""
+    if device.type != "cuda" or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return torch.contiguous_format
+    torch.backends.cudnn.benchmark = True
+    model.to(memory_format=torch.channels_last)
+    return torch.channels_last
+
+
 def load_data(cfg: TrainConfig, device: torch.device, data_dir: str | None = None) -> datasets.Dataset:
     """The data set a config names, on ``device`` (the subset depends on the seed). An explicit
     ``data_dir`` is checked even for the synthetic sin(5x), which reads no files."""
@@ -287,6 +301,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     torch.manual_seed(cfg.seed)                            # parameter initialisation
     generator = torch.Generator().manual_seed(cfg.seed)    # batches, augmentation, random projections
     model = models.build(cfg.model, **cfg.model_options).to(device)
+    layout = fast_layout(model, device)
     opt = make_optimizer(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
     scheduler = make_scheduler(cfg, opt)
@@ -300,7 +315,7 @@ def train(cfg: TrainConfig, data: datasets.Dataset | None = None, *, data_dir: s
     for it in bar:
         model.train()
         idx = next(batches).to(device)
-        x = augment(data.x_train[idx], cfg.augment, generator)
+        x = augment(data.x_train[idx], cfg.augment, generator).contiguous(memory_format=layout)
         window += step(model, opt, params, x, data.y_train[idx], cfg, generator)
         scheduler.step()
         if (it + 1) % cfg.log_every == 0 or it + 1 == cfg.iterations:

@@ -12,6 +12,7 @@ from torch import nn
 from .data import Dataset
 from .experiments import Experiment, Profile, register
 from .config import TrainConfig
+from .errors import ResultsMissing
 
 # Every rerun of the paper starts from the authors' initialisation (models.authors_init).
 AUTHORS = {"init": "authors"}
@@ -352,10 +353,9 @@ def chosen_weights(profile: str, results_dir: str | None = None) -> dict[str, fl
     ``cifar10-full-val`` runs of ``profile`` (a diverged run counts as chance, 10 %; ties go to the
     smaller weight). A GradregError if any run of that sweep is missing: the choice needs all of them."""
     from . import experiments          # the registry module imports this one
-    from .errors import GradregError
     absent = experiments.missing("cifar10-full-val", profile, results_dir)
     if absent:
-        raise GradregError(f"cifar10-full at profile {profile!r} uses the weights chosen on the validation sweep, "
+        raise ResultsMissing(f"cifar10-full at profile {profile!r} uses the weights chosen on the validation sweep, "
                            f"which lacks {len(absent)} run(s): run `gradreg run cifar10-full-val --profile {profile}` first")
     records = experiments.load("cifar10-full-val", profile, results_dir=results_dir)
     scores: dict[tuple[str, float], list[float]] = {}
