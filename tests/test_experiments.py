@@ -20,7 +20,8 @@ from gradreg.train import TrainConfig, train
 def test_every_experiment_has_three_profiles():
     for exp in experiments.REGISTRY.values():
         assert set(exp.profiles) == set(experiments.PROFILES), exp.name
-        assert exp.configs("smoke") and exp.estimated_cpu_seconds("cpu") > 0
+        if exp.derived is None:   # grids derived from other results: tests/test_cifar.py
+            assert exp.configs("smoke") and exp.estimated_cpu_seconds("cpu") > 0
 
 
 def test_required_experiments_are_registered():
