@@ -104,19 +104,24 @@ def claims_table(tested: list[tuple[Claim, stats.Comparison, stats.Verdict]], un
                        for claim, c, v in tested])
 
 
+def step_seconds(records: list[Record]) -> dict[str, float]:
+    """{cell: mean training seconds per step} over the finished runs of each cell."""
+    per_step: dict[str, list[float]] = {}
+    for r in records:
+        if r["status"] == "ok" and r.get("iterations_done"):
+            per_step.setdefault(r["cell"], []).append(r["train_seconds"] / r["iterations_done"])
+    return {c: statistics.fmean(v) for c, v in per_step.items()}
+
+
 def step_costs(records: list[Record], cells: list[str], baseline: str = "baseline") -> str:
     """A Markdown table of what each cell's runs cost, from their stored timings (mean over seeds):
     ms per step, images per second, the ratio to ``baseline`` (also the ratio of epoch costs) and
     seconds per 1,000 training images (× 50 for an epoch of the full CIFAR-10). The timings include
     the learning-curve evaluations, which cost every cell the same few seconds."""
-    per_step: dict[str, list[float]] = {}
-    batch: dict[str, int] = {}
-    for r in records:
-        if r["status"] == "ok" and r.get("iterations_done"):
-            per_step.setdefault(r["cell"], []).append(r["train_seconds"] / r["iterations_done"])
-            batch[r["cell"]] = r["config"]["batch_size"]
-    mean = {c: statistics.fmean(v) for c, v in per_step.items()}
-    rows = [{"cell": c, "runs": len(per_step[c]), "ms/step": f"{1000 * mean[c]:.0f}",
+    mean = step_seconds(records)
+    runs = {c: sum(r["cell"] == c and r["status"] == "ok" for r in records) for c in mean}
+    batch = {r["cell"]: r["config"]["batch_size"] for r in records}
+    rows = [{"cell": c, "runs": runs[c], "ms/step": f"{1000 * mean[c]:.0f}",
              "images/s": f"{batch[c] / mean[c]:.0f}",
              f"× {baseline}": f"{mean[c] / mean[baseline]:.2f}" if baseline in mean else "—",
              "s per 1,000 images": f"{1000 / batch[c] * mean[c]:.1f}"}
