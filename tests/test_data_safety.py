@@ -698,8 +698,8 @@ def test_load_with_a_name_that_is_not_a_string_is_one_error(name):
 @pytest.mark.parametrize("name, options, expected", [
     ("mnist", dict(bogus=1),
      "dataset 'mnist' takes no option 'bogus'; accepted: n_train, seed, protocol, n_test, data_dir, device"),
-    ("cifar10", dict(protocol="paper", n_train=5),
-     "dataset 'cifar10' takes no option 'protocol'; accepted: n_train, seed, n_test, data_dir, device"),
+    ("cifar10", dict(augment="shift", n_train=5),
+     "dataset 'cifar10' takes no option 'augment'; accepted: n_train, seed, n_test, protocol, data_dir, device"),
     ("sin5x", dict(data_dir="/tmp", colour=1),
      "dataset 'sin5x' takes no option 'data_dir', 'colour'; accepted: n_train, seed, noise, n_test, device"),
 ])
