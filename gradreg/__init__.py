@@ -5,7 +5,7 @@ experiment registry with smoke/cpu/paper profiles and a results store. See the b
 import sys as _sys
 
 try:
-    from . import data, experiments, losses, models, regularizers, results
+    from . import data, experiments, losses, models, paramgr, regularizers, results
     from .errors import GradregError
     from .config import TrainConfig
     from .train import train
