@@ -58,8 +58,8 @@ class Experiment:
     profiles: dict[str, Profile]
     extra_metrics: Callable[[nn.Module, Dataset], dict[str, Any]] | None = None
     # overrides that come from other stored results, e.g. weights chosen on a validation sweep:
-    # derived(profile, cell, results_dir) -> overrides; a GradregError if those results are missing
-    derived: Callable[[str, str, str | None], dict[str, Any]] | None = None
+    # derived(profile, results_dir) -> {cell: overrides}; ResultsMissing if those results are missing
+    derived: Callable[[str, str | None], dict[str, dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         for name, prof in self.profiles.items():
@@ -82,13 +82,23 @@ class Experiment:
         if type(n) is not int or not 1 <= n <= MAX_SEEDS:
             raise GradregError(f"--seeds must be an integer from 1 to {MAX_SEEDS}, got {n!r}")
         cells = [c for c in self.cells if prof.cells is None or c in prof.cells]
-        return [(cell, seed, self.config(profile, cell, seed, results_dir)) for cell in cells for seed in range(n)]
+        derived = self.derived_overrides(profile, results_dir)           # read once for the whole grid
+        return [(cell, seed, self.config(profile, cell, seed, results_dir, derived))
+                for cell in cells for seed in range(n)]
 
-    def config(self, profile: str, cell: str, seed: int, results_dir: str | None = None) -> TrainConfig:
+    def derived_overrides(self, profile: str, results_dir: str | None = None) -> dict[str, dict[str, Any]]:
+        """{cell: overrides} that come from other stored results (``derived``); {} for most experiments."""
+        return self.derived(profile, results_dir) if self.derived else {}
+
+    def config(self, profile: str, cell: str, seed: int, results_dir: str | None = None,
+               derived: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
         """The config of one run: base, then the cell's overrides, then those derived from other
-        results (``derived``, read from ``results_dir``), then the profile's, then the seed."""
-        derived = self.derived(profile, cell, results_dir) if self.derived else {}
-        return self.base.replace(**{**self.cells[cell], **derived, **self.profile(profile).overrides, "seed": seed})
+        results (``derived``: as ``derived_overrides`` returns, read from ``results_dir`` if not
+        given), then the profile's, then the seed."""
+        if derived is None:
+            derived = self.derived_overrides(profile, results_dir)
+        return self.base.replace(**{**self.cells[cell], **derived.get(cell, {}), **self.profile(profile).overrides,
+                                    "seed": seed})
 
     def estimated_cpu_seconds(self, profile: str) -> float:
         """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost, summed."""
@@ -123,12 +133,13 @@ def stale(name: str, profile: str, records: list[results_store.Record], results_
     the device. Each is described in a line ("cell seed N: field stored → now")."""
     exp = get(name)
     exp.profile(profile)
+    derived = exp.derived_overrides(profile, results_dir) if records else {}
     out = []
     for r in records:
         if r["cell"] not in exp.cells:
             out.append(f"{r['cell']} seed {r['seed']}: no such cell")
             continue
-        now = json.loads(json.dumps(exp.config(profile, r["cell"], r["seed"], results_dir).to_dict()))  # as stored
+        now = json.loads(json.dumps(exp.config(profile, r["cell"], r["seed"], results_dir, derived).to_dict()))  # as stored
         was = r.get("config", {})
         diff = [k for k in now if k != "device" and was.get(k) != now[k]]
         if diff:

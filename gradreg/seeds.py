@@ -154,6 +154,9 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
 
     history: list[tuple[int, float]] = []
     curves: list[list[dict[str, float]]] = [[] for _ in seeds]
+    if cfg.curve_every:   # one model per member to copy its weights into at each curve point; building
+        with torch.random.fork_rng(devices=[]):      # draws weights, but not from the training stream
+            shells = [models.build(c.model, **c.model_options).to(device) for c in cfgs]
     window = torch.zeros((), device=device)
     start = time.perf_counter()
     for it in tqdm(range(cfg.iterations), disable=not progress, leave=False, desc=f"{len(seeds)} seeds"):
@@ -170,9 +173,7 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
             window.zero_()
         if cfg.curve_every and (it + 1) % cfg.curve_every == 0:
             for s, (c, d, curve) in enumerate(zip(cfgs, data, curves)):
-                with torch.random.fork_rng(devices=[]):     # building draws weights: not from the training stream
-                    member = stack.member(s, models.build(c.model, **c.model_options).to(device))
-                curve.append(curve_point(member, d, c, it + 1))
+                curve.append(curve_point(stack.member(s, shells[s]), d, c, it + 1))
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_seconds = (time.perf_counter() - start) / len(seeds)

@@ -54,7 +54,8 @@ def fast_layout(model: nn.Module, device: torch.device) -> torch.memory_format:
 
     On CUDA: channels_last (NHWC), which cuDNN's kernels prefer, and cuDNN's autotuner on. On the CPU:
     the default layout: measured with ``gradreg bench --channels-last``, oneDNN's NHWC kernels make
-    the double backward of DataGrad and SpectReg markedly slower and the plain step no faster.
+    the plain step somewhat faster but the double backward of DataGrad and SpectReg much slower,
+    and the grids are dominated by regularized steps.
     The values are the same either way (a test checks loss and gradients)."""
     if device.type != "cuda" or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return torch.contiguous_format

@@ -371,8 +371,9 @@ def chosen_weights(profile: str, results_dir: str | None = None) -> dict[str, fl
     return best
 
 
-def _full_weights(profile: str, cell: str, results_dir: str | None) -> dict[str, Any]:
-    return {"weight": chosen_weights(profile, results_dir)[cell]} if cell in CIFAR_FULL_REGS else {}
+def _full_weights(profile: str, results_dir: str | None) -> dict[str, dict[str, Any]]:
+    """cifar10-full's derived overrides: each regularized cell's weight chosen on validation."""
+    return {reg: {"weight": w} for reg, w in chosen_weights(profile, results_dir).items()}
 
 
 register(Experiment(
