@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 
 from . import data as datasets
-from . import losses, models, regularizers
+from . import losses, models, regularizers, steps
 from .errors import GradregError
 
-OPTIMIZERS = ("adam", "nesterov")
-SCHEDULES = ("piecewise", "constant")
+OPTIMIZERS = ("adam", "nesterov", "momentum", "sgd")   # sgd: plain (full-batch) gradient descent, no momentum
+SCHEDULES = ("piecewise", "constant", "cosine")
 AUGMENTATIONS = ("none", "shift", "shift_flip")
 
 
@@ -52,11 +52,16 @@ class TrainConfig:
     reg_options: dict = field(default_factory=dict)
     separate_pass: bool | None = None   # penalty in its own forward pass (own dropout mask)? None: as the
                                         # authors did (train.shares_pass); True/False force it
+    # the training step (gradreg.steps): "plain" ∇L, or a parameter-space rule of Karakida et al.
+    # (gr-db, gr-forward, gr-backward, gr-central), SAM or flooding, with its options (gamma, eps, rho, b)
+    step: str = "plain"
+    step_options: dict = field(default_factory=dict)
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9               # Nesterov SGD only
-    schedule: str = "piecewise"         # lr, lr/10 after 50 %, lr/100 after 75 % of the iterations
+    momentum: float = 0.9               # nesterov and momentum (heavy-ball) SGD only
+    schedule: str = "piecewise"         # lr, lr/10 after 50 %, lr/100 after 75 % of the iterations;
+                                        # "cosine": lr·½(1 + cos πt/T); "constant"
     weight_decay: float = 5e-4          # coupled L2 on conv/dense weights (not biases, not BatchNorm)
     iterations: int = 10000
     batch_size: int = 50
@@ -88,10 +93,10 @@ class TrainConfig:
 # What a config may ask of each data set: input shape, classes (None: regression), and how many
 # training / test points exist at most (the files on disk may hold fewer: the loader checks that).
 DATA = {"mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000),
-        "sin5x": ((1,), None, 10**7, 10**7)}
+        "sin5x": ((1,), None, 10**7, 10**7), "sparse_linear": ((datasets.SPARSE_FEATURES,), None, 10**7, 10**7)}
 # The splits each data set offers, and the training pool each draws its subset from.
 PROTOCOL_POOL = {"mnist": {"official": 60000, "paper": 50000}, "cifar10": {"official": 50000, "validation": 40000},
-                 "sin5x": {"official": 10**7}}
+                 "sin5x": {"official": 10**7}, "sparse_linear": {"official": 10**7}}
 MAX_SEED = 2**63 - 1
 MAX_COUNT = 10**9        # iterations, batch size, …: more is a typo (and overflows tqdm's len())
 
@@ -164,13 +169,14 @@ def _normalise(cfg: "TrainConfig") -> None:
 def validate(cfg: "TrainConfig") -> None:
     """Every check a config must pass before training; each failure is one GradregError."""
     _normalise(cfg)
-    for name in ("dataset", "model", "loss", "optimizer", "schedule", "augment", "device", "protocol"):
+    for name in ("dataset", "model", "loss", "optimizer", "schedule", "augment", "device", "protocol", "step"):
         if not isinstance(getattr(cfg, name), str):
             _fail(f"{name} must be a string, got {getattr(cfg, name)!r}")
     _check_choice("dataset", cfg.dataset, list(DATA))
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("schedule", cfg.schedule, SCHEDULES)
     _check_choice("augment", cfg.augment, AUGMENTATIONS)
+    steps.check_options(cfg.step, cfg.step_options)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         _fail(f"unknown device {cfg.device!r}; known: auto, cpu, cuda, cuda:N")
     if cfg.protocol not in PROTOCOL_POOL[cfg.dataset]:
@@ -190,7 +196,7 @@ def _validate_numbers(cfg: "TrainConfig") -> None:
     _check_number("lr", cfg.lr, 0.0, strict=True, below=1e30)           # the optimizers hold it in float32
     _check_number("weight_decay", cfg.weight_decay, 0.0, below=1e30)
     _check_number("noise_sigma", cfg.noise_sigma, 0.0, below=1e3)   # in standardised pixel units
-    _check_number("momentum", cfg.momentum, 0.0, strict=cfg.optimizer == "nesterov", below=1.0)
+    _check_number("momentum", cfg.momentum, 0.0, strict=cfg.optimizer in ("nesterov", "momentum"), below=1.0)
     if not (_finite(cfg.weight) and cfg.weight >= 0):
         _fail(f"regularizer weight must be a finite number >= 0, got {cfg.weight!r}")
     for name in ("iterations", "batch_size", "log_every"):

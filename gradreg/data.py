@@ -657,7 +657,37 @@ def sin5x(n_train: int = 100, seed: int = 0, noise: float = 0.1, n_test: int = 9
     return Dataset("sin5x", x, y, grid, torch.sin(5 * grid), None).to(device)
 
 
-DATASETS = {"mnist": mnist, "cifar10": cifar10, "sin5x": sin5x}
+SPARSE_FEATURES, SPARSE_SUPPORT, SPARSE_NOISE = 100, 5, 0.1
+
+
+def sparse_beta(seed: int) -> Tensor:
+    """β* of ``sparse_linear`` for a seed: ``SPARSE_SUPPORT`` entries equal to 1 at random places, the
+    other ``SPARSE_FEATURES`` − k entries 0 (float64)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    beta = torch.zeros(SPARSE_FEATURES, dtype=torch.float64)
+    beta[torch.randperm(SPARSE_FEATURES, generator=gen)[:SPARSE_SUPPORT]] = 1.0
+    return beta
+
+
+def sparse_linear(n_train: int = 40, seed: int = 0, n_test: int = 1000,
+                  device: str | torch.device = "cpu") -> Dataset:
+    """Sparse linear regression, the data of Karakida et al.'s diagonal-network analysis (and of
+    Woodworth et al. 2020): d = 100 features x ~ N(0, I_d), a k = 5 sparse β* (``sparse_beta``),
+    y = ⟨x, β*⟩ + N(0, 0.1²). With n_train < d the training set has many interpolating β; which one
+    training finds is the implicit bias. Test targets are noise-free, so the test loss is the
+    excess risk ‖β − β*‖² up to sampling of the test points. β*, X and the noise depend on the seed."""
+    device = _check_args(n_train, n_test, seed, device, optional=False, most=SIN5X_MAX)
+    beta = sparse_beta(seed)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    x = torch.randn(int(n_train), SPARSE_FEATURES, generator=gen, dtype=torch.float64)
+    y = x @ beta + SPARSE_NOISE * torch.randn(int(n_train), generator=gen, dtype=torch.float64)
+    x_test = torch.randn(int(n_test), SPARSE_FEATURES, generator=gen, dtype=torch.float64)
+    dtype = torch.get_default_dtype()
+    return Dataset("sparse_linear", x.to(dtype), y[:, None].to(dtype), x_test.to(dtype),
+                   (x_test @ beta)[:, None].to(dtype), None).to(device)
+
+
+DATASETS = {"mnist": mnist, "cifar10": cifar10, "sin5x": sin5x, "sparse_linear": sparse_linear}
 
 
 def load(name: str, **options: Any) -> Dataset:

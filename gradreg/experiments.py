@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 from torch import nn
 
 from . import results as results_store
+from . import steps
 from .data import Dataset
 from .data import check_dir as check_data_dir
 from .errors import GradregError
@@ -44,6 +45,9 @@ class Profile:
     seeds: int
     overrides: dict[str, Any] = field(default_factory=dict)
     cells: tuple[str, ...] | None = None         # None: every cell of the experiment
+    # overrides for the cells of one group, the part of a cell's name before its first "/" (e.g. the
+    # iterations of "mlp/…" and "resnet/…" cells, which differ per profile)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,12 @@ class Experiment:
                derived: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
         """The config of one run: base, then the cell's overrides, then those derived from other
         results (``derived``: as ``derived_overrides`` returns, read from ``results_dir`` if not
-        given), then the profile's, then the seed."""
+        given), then the profile's, then the profile's for the cell's group, then the seed."""
         if derived is None:
             derived = self.derived_overrides(profile, results_dir)
-        return self.base.replace(**{**self.cells[cell], **derived.get(cell, {}), **self.profile(profile).overrides,
-                                    "seed": seed})
+        prof = self.profile(profile)
+        return self.base.replace(**{**self.cells[cell], **derived.get(cell, {}), **prof.overrides,
+                                    **prof.groups.get(cell.split("/")[0], {}), "seed": seed})
 
     def estimated_cpu_seconds(self, profile: str) -> float:
         """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost, summed."""
@@ -130,8 +135,11 @@ def command(name: str, profile: str) -> str:
 def stale(name: str, profile: str, records: list[results_store.Record], results_dir: str | None = None) -> list[str]:
     """Stored records that are not what the registry would train now: a cell the experiment no
     longer has, or a config that differs from the registry's for its (cell, seed) in anything but
-    the device. Each is described in a line ("cell seed N: field stored → now")."""
+    the device. Each is described in a line ("cell seed N: field stored → now"). A field newer than
+    the record counts as its default: a field is only ever added with a default that keeps the
+    old behaviour (e.g. ``step="plain"``)."""
     exp = get(name)
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
     exp.profile(profile)
     derived = exp.derived_overrides(profile, results_dir) if records else {}
     out = []
@@ -140,7 +148,7 @@ def stale(name: str, profile: str, records: list[results_store.Record], results_
             out.append(f"{r['cell']} seed {r['seed']}: no such cell")
             continue
         now = json.loads(json.dumps(exp.config(profile, r["cell"], r["seed"], results_dir, derived).to_dict()))  # as stored
-        was = r.get("config", {})
+        was = {**defaults, **r.get("config", {})}
         diff = [k for k in now if k != "device" and was.get(k) != now[k]]
         if diff:
             out.append(f"{r['cell']} seed {r['seed']}: " + ", ".join(f"{k} {was.get(k)!r} → {now[k]!r}" for k in diff))
@@ -219,19 +227,21 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
 
 
 def _units(todo: list[tuple[str, int, TrainConfig]], batch_seeds: bool) -> list[list[tuple[str, int, TrainConfig]]]:
-    """What trains at once: each run alone, or (``batch_seeds``) all missing seeds of a cell."""
+    """What trains at once: each run alone, or (``batch_seeds``) all missing seeds of a cell, unless
+    the cell's step rule cannot batch seeds (``steps.Step.separable``)."""
     if not batch_seeds:
         return [[run] for run in todo]
     by_cell: dict[str, list[tuple[str, int, TrainConfig]]] = {}
     for run in todo:
         by_cell.setdefault(run[0], []).append(run)
-    return list(by_cell.values())
+    return [unit for runs in by_cell.values()
+            for unit in ([runs] if steps.get(runs[0][2].step).separable else [[run] for run in runs])]
 
 
 def _train_unit(exp: Experiment, runs: list[tuple[str, int, TrainConfig]], batch_seeds: bool,
                 data_dir: str | None, progress: bool) -> Iterator[tuple[str, int, TrainConfig, dict[str, Any]]]:
     """(cell, seed, config, result) for each run of a unit: one model, or one stack of a cell's seeds."""
-    if not batch_seeds:
+    if not batch_seeds or (runs and not steps.get(runs[0][2].step).separable):
         for cell, seed, cfg in runs:
             yield cell, seed, cfg, train(cfg, data_dir=data_dir, progress=progress, extra_metrics=exp.extra_metrics)
     elif runs:
@@ -266,3 +276,4 @@ def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str
 # ---------------------------------------------------------------- the experiments
 
 from . import varga2017  # noqa: E402,F401  (registers the experiments of Varga et al.)
+from . import karakida2023  # noqa: E402,F401  (registers the experiments of Karakida et al.)

@@ -157,21 +157,89 @@ def toy(hidden: int = 64, depth: int = 4, activation: str = "relu", init: str = 
     return _init(nn.Sequential(*layers, nn.Linear(hidden, 1)), init)
 
 
+class _WideBlock(nn.Module):
+    """Pre-activation wide residual block: BN-ReLU-conv3-BN-ReLU-conv3 + shortcut (1×1 conv when the
+    shape changes), as in Zagoruyko & Komodakis' WRN."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.project = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if (stride > 1 or c_in != c_out) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = F.relu(self.bn1(x))
+        h = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        return h + (self.project(a) if self.project is not None else x)
+
+
+def wide_resnet(depth: int = 28, widen: int = 10, classes: int = 10) -> nn.Sequential:
+    """WRN-depth-widen (Zagoruyko & Komodakis 2016), the network of Karakida et al.'s CIFAR-10 runs:
+    (depth − 4)/6 blocks per stage at 16·widen, 32·widen, 64·widen channels; no dropout."""
+    _at_least(1, widen=widen, classes=classes)
+    if type(depth) is not int or depth < 10 or (depth - 4) % 6 or depth > MAX_SIZE["depth"]:
+        raise GradregError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, …), got {depth!r}")
+    if widen > MAX_SIZE["width"]:
+        raise GradregError(f"widen must be at most {MAX_SIZE['width']}, got {widen!r}")
+    n, widths = (depth - 4) // 6, [16 * widen, 32 * widen, 64 * widen]
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1, bias=False)]
+    c_in = 16
+    for stage, c_out in enumerate(widths):
+        for b in range(n):
+            layers.append(_WideBlock(c_in, c_out, 2 if (stage > 0 and b == 0) else 1))
+            c_in = c_out
+    layers += [nn.BatchNorm2d(c_in), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes)]
+    return nn.Sequential(*layers)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU,
+                                                  "softplus": nn.Softplus}
+
+
 def mlp(in_features: int = 784, hidden: int = 256, depth: int = 2, classes: int = 10,
-        init: str = "torch") -> nn.Sequential:
-    """A dense ReLU network on flattened inputs (used by the derivation chapters' checks)."""
+        init: str = "torch", activation: str = "relu") -> nn.Sequential:
+    """A dense network on flattened inputs: ``depth`` hidden layers of ``hidden`` units with
+    ``activation`` (ReLU, or a smooth tanh / GELU / softplus, whose Hessian exists everywhere)."""
     _at_least(1, in_features=in_features, hidden=hidden, classes=classes)
     _at_least(0, depth=depth)
+    if activation not in ACTIVATIONS:
+        raise GradregError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
         width = hidden
     return _init(nn.Sequential(*layers, nn.Linear(width, classes)), init)
 
 
+class DiagonalLinear(nn.Module):
+    """The diagonal linear network of Woodworth et al. (2020) and Karakida et al. (2023):
+    f(x) = ⟨x, β⟩ with β = u⊙u − v⊙v, started at u = v = α·1 (so β = 0). Small α trains into the
+    "rich" regime (β near the minimum-ℓ1 interpolator), large α into the "kernel" regime (minimum ℓ2)."""
+
+    def __init__(self, features: int = 100, alpha: float = 0.1):
+        super().__init__()
+        _at_least(1, features=features)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1e6:
+            raise GradregError(f"alpha must be a number in (0, 1e6), got {alpha!r}")
+        self.u = nn.Parameter(torch.full((features,), float(alpha)))
+        self.v = nn.Parameter(torch.full((features,), float(alpha)))
+
+    @property
+    def beta(self) -> Tensor:
+        return self.u * self.u - self.v * self.v
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x @ self.beta)[:, None]
+
+
+def diagonal_linear(features: int = 100, alpha: float = 0.1) -> DiagonalLinear:
+    return DiagonalLinear(features, alpha)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet": lenet, "lenettuned": lenettuned, "cifar_resnet": cifar_resnet, "toy": toy, "mlp": mlp}
+    "lenet": lenet, "lenettuned": lenettuned, "cifar_resnet": cifar_resnet, "toy": toy, "mlp": mlp,
+    "diagonal_linear": diagonal_linear, "wide_resnet": wide_resnet}
 
 
 def build(name: str, **options) -> nn.Module:

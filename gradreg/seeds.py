@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 from tqdm.auto import tqdm
 
-from . import conv, models
+from . import conv, models, steps
 from . import data as datasets
 from .config import TrainConfig
 from .errors import GradregError
@@ -126,6 +126,9 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], *, data_dir: str | None = No
         raise GradregError(f"train_seeds() needs a TrainConfig, got {type(cfg).__name__}")
     if not seeds or not isinstance(seeds, (list, tuple)) or len(set(seeds)) != len(seeds):
         raise GradregError(f"train_seeds needs a list of distinct seeds, got {seeds!r}")
+    if not steps.get(cfg.step).separable:
+        raise GradregError(f"step {cfg.step!r} mixes the members of a seed stack (see gradreg.steps); "
+                           "train its seeds one at a time")
     device = resolve_device(cfg.device)
     flush_denormals(device)
     cfgs = [cfg.replace(seed=s) for s in seeds]           # each seed validated as a config field

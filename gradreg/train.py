@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as datasets
-from . import losses, models, regularizers
+from . import losses, models, regularizers, steps
 from .config import TrainConfig, check_dataset
 from .errors import GradregError
 
@@ -71,6 +71,8 @@ def load_data(cfg: TrainConfig, device: torch.device, data_dir: str | None = Non
         datasets.check_dir(data_dir)
     if cfg.dataset == "sin5x":
         return datasets.sin5x(cfg.n_train or 100, cfg.seed, n_test=cfg.n_test or 900, device=device)
+    if cfg.dataset == "sparse_linear":
+        return datasets.sparse_linear(cfg.n_train or 40, cfg.seed, n_test=cfg.n_test or 1000, device=device)
     options: dict[str, Any] = dict(n_train=cfg.n_train, seed=cfg.seed, n_test=cfg.n_test,
                                    data_dir=data_dir, device=device)
     if cfg.dataset in ("mnist", "cifar10"):
@@ -83,19 +85,27 @@ def piecewise(iterations: int) -> Callable[[int], float]:
     return lambda it: 1.0 if it < iterations // 2 else (0.1 if it < 3 * iterations // 4 else 0.01)
 
 
+def cosine(iterations: int) -> Callable[[int], float]:
+    """The lr multiplier of a cosine schedule: ½(1 + cos(π t / T)), from 1 down to 0."""
+    return lambda it: 0.5 * (1.0 + math.cos(math.pi * it / iterations))
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or Nesterov SGD with coupled L2 weight decay on conv and dense weights only."""
+    """Adam, Nesterov or heavy-ball momentum SGD, or plain gradient descent ("sgd"), with coupled L2
+    weight decay on conv and dense weights only."""
     decay, rest = models.weight_decay_params(model)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov")
 
 
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """The config's learning-rate schedule, stepped once per iteration."""
-    lr_mult = piecewise(cfg.iterations) if cfg.schedule == "piecewise" else (lambda it: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lr_mult)
+    schedules = {"piecewise": piecewise, "cosine": cosine, "constant": lambda n: (lambda it: 1.0)}
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedules[cfg.schedule](cfg.iterations))
 
 
 def augment(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
@@ -152,16 +162,22 @@ def objective(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig,
 def step(model: nn.Module, opt: torch.optim.Optimizer, params: list[Tensor], x: Tensor, y: Tensor,
          cfg: TrainConfig, generator: torch.Generator | None = None, *, scale: float = 1.0,
          reg_options: dict[str, Any] | None = None) -> Tensor:
-    """One optimizer step on a minibatch; returns the (detached) objective it minimised.
+    """One optimizer step on a minibatch; returns the (detached) objective L at the current weights.
 
-    ``scale`` multiplies the objective before differentiating (a ``seeds.SeedStack`` of S members
-    uses S, so each member gets the gradient of its own objective); ``reg_options`` go to the penalty.
+    The gradient comes from the config's step rule (``gradreg.steps``: ∇L, a parameter-space GR
+    estimate, SAM or flooding), which may evaluate L more than once, always on this batch and with
+    the same random draws. ``scale`` multiplies the objective before differentiating (a
+    ``seeds.SeedStack`` of S members uses S, so each member gets the gradient of its own objective);
+    ``reg_options`` go to the penalty.
     """
-    total, _, _ = objective(model, x, y, cfg, generator, reg_options)
-    opt.zero_grad(set_to_none=True)
-    (total * scale).backward(inputs=params)   # parameters only: no gradient for the input batch
+    rule = steps.get(cfg.step)
+    loss_fn = steps.replayed(lambda: objective(model, x, y, cfg, generator, reg_options)[0] * scale,
+                             generator, x.device)
+    grads = rule.gradient(loss_fn, params, model, **cfg.step_options)   # parameters only, not the batch
+    for p, g in zip(params, grads):
+        p.grad = g
     opt.step()
-    return total.detach()
+    return loss_fn.first / scale
 
 
 @torch.enable_grad()  # usable inside torch.no_grad() too
