@@ -32,7 +32,8 @@ MAX_SEEDS = 1000   # more is surely a typo (the papers use 10); the grid is buil
 
 # Measured on the 2-core development CPU by `gradreg bench`-style timing (ms per plain step, batch 50),
 # and the cost of a regularized step relative to a plain one; used only for `gradreg list` estimates.
-STEP_MS_CPU = {"toy": 0.6, "lenet": 3.2, "lenettuned": 11.3, "mlp": 1.0, "cifar_resnet": 400.0}
+STEP_MS_CPU = {"toy": 0.6, "lenet": 3.2, "lenettuned": 11.3, "mlp": 1.0, "cifar_resnet": 400.0, "diagonal_linear": 0.4,
+               "wide_resnet": 40000.0}
 REG_COST = {None: 1.0, "datagrad": 2.25, "spectreg": 2.3, "onehot": 2.25, "random_onehot": 2.3,
             "frobreg": 12.5, "jacreg": 12.5, "confidence": 1.1}
 
@@ -106,10 +107,20 @@ class Experiment:
                                     **prof.groups.get(cell.split("/")[0], {}), "seed": seed})
 
     def estimated_cpu_seconds(self, profile: str) -> float:
-        """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost, summed."""
-        return sum(cfg.iterations * STEP_MS_CPU.get(cfg.model, 5.0) / 1000
-                   * REG_COST.get(cfg.regularizer if cfg.weight > 0 else None, 3.0)
-                   for _, _, cfg in self.configs(profile))
+        """Rough cost on a 2-core CPU: iterations × per-step time × regularizer cost × the step
+        rule's gradient evaluations, summed."""
+        return sum(cfg.iterations * _step_ms(cfg) / 1000 * REG_COST.get(cfg.regularizer if cfg.weight > 0 else None, 3.0)
+                   * steps.get(cfg.step).evaluations for _, _, cfg in self.configs(profile))
+
+
+def _step_ms(cfg: TrainConfig) -> float:
+    """The measured plain-step time of a model (``STEP_MS_CPU``), scaled for an MLP by its first
+    layer's size relative to the measured 784 × 256 one."""
+    ms = STEP_MS_CPU.get(cfg.model, 5.0)
+    if cfg.model == "mlp":
+        o = cfg.model_options
+        ms *= o.get("in_features", 784) * o.get("hidden", 256) / (784 * 256) * max(1, o.get("depth", 2) - 1)
+    return ms
 
 
 REGISTRY: dict[str, Experiment] = {}

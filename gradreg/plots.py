@@ -200,3 +200,51 @@ def learning_curves(records: list[Record], cells: list[str], metric: str = "test
     ax.set(xlabel="iteration", ylabel=ylabel)
     ax.legend(fontsize="small")
     return ax
+
+
+def against_scale(records: list[Record], alphas: list[float], arms: dict[str, str], metric: str,
+                  ax: Axes | None = None, label: str | None = None, relative: bool = False,
+                  references: dict[str, float] | None = None) -> Axes:
+    """``metric`` against the initial scale α (log axis), one line per arm (mean over seeds, band from
+    the lowest to the highest seed). ``arms``: {legend label: cell name template with "{a}" for α};
+    ``relative``: divide by α (for scales); ``references``: horizontal lines {label: value}."""
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    for j, (name, template) in enumerate(arms.items()):
+        pts = [(a, [v / a if relative else v for v in values(records, template.format(a=f"{a:g}"), metric)])
+               for a in alphas]
+        pts = [(a, v) for a, v in pts if v]
+        if not pts:
+            continue
+        xs = [a for a, _ in pts]
+        ax.plot(xs, [sum(v) / len(v) for _, v in pts], "o-", color=f"C{j}", ms=4, label=name)
+        ax.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], color=f"C{j}", alpha=0.15, lw=0)
+    for k, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color="0.4", ls=("--", ":")[k % 2], lw=1, label=name)
+    ax.set(xscale="log", xlabel="initial scale α", ylabel=label or metric)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def step_sweep(records: list[Record], group: str, gamma: float, epsilons: list[float], metric: str = "test_accuracy",
+               ax: Axes | None = None, label: str = "test accuracy (%)") -> Axes:
+    """Karakida et al.'s comparison at one γ: F-GR and B-GR against the finite-difference step ε
+    (mean over seeds, band from lowest to highest seed), DB-GR and GD as horizontal lines (mean ± std
+    band). Cells are named ``{group}/f-g{γ}-e{ε}``, ``{group}/b-…``, ``{group}/db-g{γ}``, ``{group}/gd``."""
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    for j, (kind, name) in enumerate((("f", "F-GR (ascent)"), ("b", "B-GR (descent)"))):
+        pts = [(e, values(records, f"{group}/{kind}-g{gamma:g}-e{e:g}", metric)) for e in epsilons]
+        pts = [(e, v) for e, v in pts if v]
+        if pts:
+            xs = [e for e, _ in pts]
+            ax.plot(xs, [sum(v) / len(v) for _, v in pts], "o-", color=f"C{j}", ms=4, label=name)
+            ax.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], color=f"C{j}", alpha=0.15, lw=0)
+    summary = summarise(records, metric)
+    for k, (cell, name) in enumerate(((f"{group}/db-g{gamma:g}", "DB-GR (exact)"), (f"{group}/gd", "GD"))):
+        if cell in summary:
+            s = summary[cell]
+            ax.axhline(s.mean, color=f"C{k + 2}", ls="--", lw=1.2, label=name)
+            if s.n > 1:
+                ax.axhspan(s.mean - s.std, s.mean + s.std, color=f"C{k + 2}", alpha=0.1, lw=0)
+    ax.set(xscale="log", xlabel="finite-difference step ε", ylabel=label, title=f"{group}, γ = {gamma:g}")
+    ax.legend(fontsize="small")
+    return ax

@@ -238,3 +238,27 @@ def test_wide_resnet_shapes_and_bad_depth():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(GradregError, match="6n \\+ 4"):
         models.build("wide_resnet", depth=12)
+
+
+@pytest.mark.parametrize("method, eps", [("db", None), ("forward", 0.1), ("backward", 0.1)])
+def test_closed_form_gr_direction_of_the_diagonal_network(method, eps):
+    """The chapter's formulas for ∂L̃/∂u, ∂L̃/∂v against paramgr on the network itself (float64)."""
+    d = data.sparse_linear(40, 0)
+    x, y = d.x_train.double(), d.y_train.double()
+    torch.manual_seed(0)
+    net = models.build("diagonal_linear", alpha=0.3).double()
+    with torch.no_grad():
+        net.u.add_(0.1 * torch.randn(100, dtype=torch.float64))
+        net.v.add_(0.1 * torch.randn(100, dtype=torch.float64))
+    want = paramgr.gr_gradient(lambda: ((net(x) - y) ** 2).mean(), [net.u, net.v], gamma=0.05, method=method, eps=eps)
+    got = karakida2023.gr_direction(net.u.detach(), net.v.detach(), x, y, 0.05, eps, method)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(want, got))
+
+
+def test_basis_pursuit_is_the_small_alpha_limit():
+    d = data.sparse_linear(40, 0)
+    l1 = karakida2023.min_l1_interpolator(d.x_train, d.y_train)
+    assert (d.x_train.double() @ l1 - d.y_train.double().flatten()).abs().max() < 1e-6
+    for alpha, gap in ((1e-2, 0.2), (1e-4, 0.1)):
+        q = karakida2023.q_alpha_solution(d.x_train, d.y_train, alpha)
+        assert q.abs().sum() >= l1.abs().sum() - 1e-6 and (q - l1).norm() < gap
