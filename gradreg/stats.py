@@ -84,6 +84,24 @@ def welch(records: list[Record], a: str, b: str, metric: str) -> Comparison:
     return welch_values(values(records, a, metric), values(records, b, metric), a, b)
 
 
+def paired(records: list[Record], a: str, b: str, metric: str) -> Comparison:
+    """Paired t-test of cell a against cell b over the seeds both have finished: for grids where a
+    seed fixes everything but the arm (the same data, initialisation and batches), so the per-seed
+    differences carry the comparison. ``se`` and ``df`` are those of the mean difference (n − 1)."""
+    xa = {r["seed"]: r["metrics"][metric] for r in records
+          if r["cell"] == a and r["status"] == "ok" and metric in r["metrics"]}
+    xb = {r["seed"]: r["metrics"][metric] for r in records
+          if r["cell"] == b and r["status"] == "ok" and metric in r["metrics"]}
+    seeds = sorted(set(xa) & set(xb))
+    d = [xa[s] - xb[s] for s in seeds]
+    if len(d) < 2 or statistics.pstdev(d) == 0:
+        return Comparison(a, b, statistics.fmean(d) if d else math.nan, math.nan, math.nan, len(d), len(d))
+    result = _stats.ttest_rel([xa[s] for s in seeds], [xb[s] for s in seeds])
+    se = statistics.stdev(d) / math.sqrt(len(d))
+    return Comparison(a, b, statistics.fmean(d), float(result.statistic), float(result.pvalue), len(d), len(d),
+                      se, float(len(d) - 1))
+
+
 def welch_summary(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
                   a: str = "a", b: str = "b") -> Comparison:
     """The same test from reported means, sample stds and counts (e.g. a paper's table)."""

@@ -101,3 +101,17 @@ def test_difference_of_differences_reduces_to_welch_with_constant_baselines():
 def test_runs_without_the_metric_are_left_out():
     records = _records({"a": [1.0, 2.0]}) + [{"cell": "a", "seed": 9, "status": "ok", "metrics": {}}]
     assert stats.values(records, "a", "acc") == [1.0, 2.0]
+
+
+def test_paired_test_uses_the_per_seed_differences():
+    from scipy import stats as sps
+    from gradreg import stats as gstats
+    a, b = [1.0, 2.0, 3.0, 4.5], [0.9, 1.7, 2.95, 4.1]
+    recs = [{"cell": c, "seed": s, "status": "ok", "metrics": {"m": v}}
+            for c, vals in (("a", a), ("b", b)) for s, v in enumerate(vals)]
+    c = gstats.paired(recs, "a", "b", "m")
+    want = sps.ttest_rel(a, b)
+    assert abs(c.p - want.pvalue) < 1e-12 and abs(c.t - want.statistic) < 1e-12 and c.df == 3
+    assert abs(c.diff - (sum(a) - sum(b)) / 4) < 1e-12
+    assert gstats.welch(recs, "a", "b", "m").p > 0.5 > c.p          # pairing removes the between-seed spread
+    assert math.isnan(gstats.paired(recs[:1] + recs[4:5], "a", "b", "m").p)   # one pair: no test
