@@ -1,13 +1,29 @@
-"""`gradreg bench`: what each regularizer costs, as a ratio to a plain training step.
+"""`gradreg bench`: what each regularizer or training-step rule costs, as a ratio to a plain step.
 
 All variants are timed side by side in one process, interleaved (plain, datagrad, …, plain, …) so
-that load from elsewhere on a noisy machine hits them alike; the ratio is the median regularized
-step time over the median plain step time. A step is the full thing: forward, penalty, backward,
+that load from elsewhere on a noisy machine hits them alike; the ratio is the median step time of a
+variant over the median plain step time. A step is the full thing: forward, penalty, backward,
 optimizer update.
+
+Two kinds of variant, chosen with ``names`` (``gradreg bench --only``):
+
+- an input-gradient regularizer of Part I (``regularizers.names()``), at weight 0.01;
+- a parameter-space step rule of Part II (``STEP_NAMES``: gr-db, gr-forward, gr-backward, gr-central,
+  sam, flooding), with the fixed options ``STEP_OPTIONS`` (γ = 0.01, ε = 0.05, ρ = 0.05, b = 0.05;
+  the cost does not depend on the values, only on which gradients a step evaluates).
+
+A suite name stands for all of its members: ``--only steps`` (every step rule) or ``--only
+regularizers``; the default is every regularizer. When both gr-forward and gr-db are timed, the
+result also holds ``forward_over_db`` = F-GR step time ÷ DB step time. A result holding step rules
+is saved under its own tag (``kind``: "steps", "mlp-…-steps", …), beside the regularizer bench.
+
+The input batch is random, shaped like the data set the model eats (``DATASET``); a dense network
+(``mlp``) eats MNIST-shaped or CIFAR-shaped batches by its ``in_features`` (784 or 3072).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 from pathlib import Path
@@ -15,8 +31,9 @@ from typing import Any, Iterator
 
 import torch
 
-from . import models, regularizers
+from . import models, papers, regularizers
 from . import results as results_store
+from . import steps as step_rules
 from .errors import GradregError
 from .seeds import SeedStack
 from .config import DATA, TrainConfig
@@ -24,6 +41,20 @@ from .train import make_optimizer, resolve_device
 from .train import step as train_step
 
 DATASET = {"lenet": "mnist", "lenettuned": "mnist", "mlp": "mnist", "cifar_resnet": "cifar10"}  # what each model eats
+FLAT_DATASET = {784: "mnist", 3072: "cifar10"}     # an mlp's in_features -> the data set whose images it eats
+STEP_NAMES = [n for n in step_rules.names() if n != "plain"]
+# the bench's step options: the values do not change what a step computes, only the numbers it computes
+BENCH_STEP_OPTIONS = {"gamma": 0.01, "eps": 0.05, "rho": 0.05, "b": 0.05}
+STEP_OPTIONS = {n: {k: BENCH_STEP_OPTIONS[k] for k in step_rules.get(n).options} for n in STEP_NAMES}
+SUITES = {"regularizers": regularizers.names, "steps": lambda: list(STEP_NAMES)}
+# the architectures of the cost chapter (notebooks/gr_cost.ipynb): label -> (model, model options, batch)
+STEP_BENCHES = {"LeNet": ("lenet", {}, 50),
+                "CIFAR MLP": ("mlp", {"in_features": 3072, "hidden": 512, "depth": 3}, 128),
+                "ResNet-8": ("cifar_resnet", {"width": 1, "blocks": 1}, 128)}
+FGR_OVER_DB_TARGET = 0.8   # the project's target: an F-GR step costs at most 0.8 DB steps on LeNet (CPU, batch 50)
+# Karakida et al. (ICML 2023): on ResNets F-GR runs "more than twice as fast" as DB; the factor as a
+# number, for comparing with a measured DB ÷ F-GR, is kept with its source in papers.json
+PAPER_DB_OVER_FGR = papers.reported("karakida-cost").cells["resnet"][0]
 LIMITS = {"batch_size": 10_000, "reps": 10_000, "steps": 10_000, "seed_batch": 1_000}  # beyond: a typo
 
 
@@ -43,19 +74,51 @@ def _stepper(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, layout: str = "
     return lambda: train_step(model, opt, params, x, y, cfg, gen)
 
 
-def _batch(model: str, n: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(model: str, n: int, dev: torch.device, model_options: dict[str, Any] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed random input batch of n examples shaped for ``model``, and labels, on ``dev``."""
-    shape = DATA[_dataset(model)][0]
+    shape = DATA[_dataset(model, model_options)][0]
     gen = torch.Generator().manual_seed(0)
     return (torch.randn(n, *shape, generator=gen).to(dev),
             torch.randint(10, (n,), generator=gen).to(dev))
 
 
-def _dataset(model: str) -> str:
-    """The data set whose input shape the bench feeds ``model``; only the models in DATASET."""
+def _dataset(model: str, model_options: dict[str, Any] | None = None) -> str:
+    """The data set whose input shape the bench feeds ``model``; only the models in DATASET. A dense
+    network eats the images whose pixel count is its ``in_features`` (FLAT_DATASET)."""
     if not isinstance(model, str) or model not in DATASET:
         raise GradregError(f"bench supports models {', '.join(DATASET)}; got {model!r}")
-    return DATASET[model]
+    features = (model_options or {}).get("in_features") if model == "mlp" else None
+    if features is None:
+        return DATASET[model]
+    if type(features) is not int or features not in FLAT_DATASET:
+        raise GradregError(f"bench feeds an mlp images: in_features must be one of "
+                           f"{', '.join(f'{k} ({v})' for k, v in FLAT_DATASET.items())}, got {features!r}")
+    return FLAT_DATASET[features]
+
+
+def expand(names: list[str] | None) -> list[str]:
+    """The bench variants ``names`` asks for: regularizer and step-rule names, a suite name
+    ("regularizers", "steps") standing for all its members; None or empty: every regularizer. Duplicates are
+    dropped, order kept; an unknown name is one GradregError listing the known ones."""
+    out: list[str] = []
+    for name in names or ["regularizers"]:
+        if isinstance(name, str) and name in SUITES:
+            out += SUITES[name]()
+        elif isinstance(name, str) and (name in STEP_NAMES or name in regularizers.names()):
+            out.append(name)
+        else:
+            raise GradregError(f"unknown bench variant {name!r}; known: regularizers "
+                               f"({', '.join(regularizers.names())}), steps ({', '.join(STEP_NAMES)}), "
+                               f"or a suite: {', '.join(SUITES)}")
+    return list(dict.fromkeys(out))
+
+
+def _variant(base: TrainConfig, name: str) -> TrainConfig:
+    """The config of one bench variant: a step rule with STEP_OPTIONS, or a regularizer at weight 0.01."""
+    if name in STEP_NAMES:
+        return base.replace(step=name, step_options=dict(STEP_OPTIONS[name]))
+    return base.replace(regularizer=name, weight=0.01)
 
 
 def _check_counts(**counts: int) -> None:
@@ -98,39 +161,94 @@ def _time_interleaved(variants: dict[str, Any], reps: int, steps: int, dev: torc
 def bench(model: str = "lenet", batch_size: int = 50, reps: int = 7, steps: int = 10,
           device: str = "auto", names: list[str] | None = None, model_options: dict[str, Any] | None = None,
           layout: str = "contiguous") -> dict[str, Any]:
-    """Median seconds per step of a plain step and of each regularizer's step, their ratios to the
-    plain step, and images per second. ``model_options`` go to the model builder (e.g. a ResNet's
-    ``width`` and ``blocks``); ``layout`` is the memory format of weights and batch."""
+    """Median seconds per step of a plain step and of each variant's step (``names``: regularizers,
+    step rules or suites, see ``expand``; default every regularizer), their ratios to the plain step,
+    and images per second; with gr-forward and gr-db both timed, ``forward_over_db`` too.
+    ``model_options`` go to the model builder (e.g. a ResNet's ``width`` and ``blocks``, an MLP's
+    ``in_features``, which picks MNIST- or CIFAR-shaped input); ``layout`` is the memory format of
+    weights and batch."""
     _check_counts(batch_size=batch_size, reps=reps, steps=steps)
     if layout not in LAYOUTS:
         raise GradregError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     dev = resolve_device(device)
-    names = names or regularizers.names()
-    for name in names:
-        regularizers.get(name)
-    base = TrainConfig(model=model, dataset=_dataset(model), model_options=dict(model_options or {}))
+    names = expand(names)
+    options = dict(model_options or {})
+    base = TrainConfig(model=model, dataset=_dataset(model, options), model_options=options)
+    configs = {n: _variant(base, n) for n in names}
     with _memory_guard(f"{model} at batch {batch_size}"):
-        x, y = _batch(model, batch_size, dev)
+        x, y = _batch(model, batch_size, dev, options)
         variants = {"plain": _stepper(base, x, y, layout)}
-        variants.update({n: _stepper(base.replace(regularizer=n, weight=0.01), x, y, layout) for n in names})
+        variants.update({n: _stepper(cfg, x, y, layout) for n, cfg in configs.items()})
         median = _time_interleaved(variants, reps, steps, dev)
-    return {"model": model, "model_options": dict(model_options or {}), "layout": layout,
-            "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-            "reps": reps, "steps": steps, "torch": torch.__version__, "seconds_per_step": median,
-            "images_per_second": {k: batch_size / v for k, v in median.items()},
-            "ratio": {k: median[k] / median["plain"] for k in names}}
+    timed_steps = [n for n in names if n in STEP_NAMES]
+    out = {"model": model, "model_options": options, "dataset": base.dataset, "layout": layout,
+           "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+           "reps": reps, "steps": steps, "torch": torch.__version__, "seconds_per_step": median,
+           "images_per_second": {k: batch_size / v for k, v in median.items()},
+           "ratio": {k: median[k] / median["plain"] for k in names}}
+    if timed_steps:
+        out["suite"] = "steps"
+        out["step_options"] = {n: STEP_OPTIONS[n] for n in timed_steps}
+    if "gr-forward" in median and "gr-db" in median:
+        out["forward_over_db"] = median["gr-forward"] / median["gr-db"]
+    return out
+
+
+def _has_steps(result: dict[str, Any]) -> bool:
+    return result.get("suite") == "steps" or any(n in STEP_NAMES for n in result.get("ratio") or {})
 
 
 def kind(result: dict[str, Any]) -> str:
-    """The file-name tag of a bench result: "" for the default LeNet bench (``results/bench/cpu.json``),
-    else the model, its options and a non-default layout, e.g. "cifar_resnet-blocks1-width1"."""
+    """The file-name tag of a bench result: "" for the default LeNet regularizer bench
+    (``results/bench/cpu.json``), else the model, its options and a non-default layout, e.g.
+    "cifar_resnet-blocks1-width1", and "steps" last when the result times step rules ("steps" alone
+    for LeNet: ``results/bench/steps-cpu.json``). To look a result up, ``{"model": …,
+    "model_options": …, "suite": "steps"}`` is enough."""
     options = result.get("model_options") or {}
-    if result["model"] == "lenet" and not options and result.get("layout", "contiguous") == "contiguous":
-        return ""
-    tags = [result["model"], *(f"{k}{v}" for k, v in sorted(options.items()))]
-    if result.get("layout", "contiguous") != "contiguous":
-        tags.append(result["layout"])
+    tags = []
+    if result["model"] != "lenet" or options or result.get("layout", "contiguous") != "contiguous":
+        tags = [result["model"], *(f"{k}{v}" for k, v in sorted(options.items()))]
+        if result.get("layout", "contiguous") != "contiguous":
+            tags.append(result["layout"])
+    if _has_steps(result):
+        tags.append("steps")
     return "-".join(tags)
+
+
+def step_command(label: str, device: str = "cpu") -> str:
+    """The ``gradreg bench`` command that measures the step rules on one of STEP_BENCHES and saves it."""
+    model, options, batch = STEP_BENCHES[label]
+    opts = f" --model-options '{json.dumps(options)}'" if options else ""
+    return f"gradreg bench --only steps --model {model}{opts} --batch-size {batch} --device {device} --save"
+
+
+def matmul_units(depth: int = 4, width: int = 64, batch: int = 32, activation: str = "relu") -> dict[str, float]:
+    """The matrix-multiply flops of one gradient of each step rule (plain and STEP_NAMES, with
+    STEP_OPTIONS) on a dense network of ``depth`` square ``width`` × ``width`` layers (an ``mlp`` with
+    ``depth − 1`` hidden layers and ``width`` classes), counted by ``torch.utils.flop_counter``, in
+    units of one layer's forward product, 2·batch·width² flops. Elementwise work (activations, the
+    loss, the parameter updates) is not counted: it is O(batch·width) per layer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .losses import cross_entropy
+    _check_counts(batch_size=batch)
+    torch.manual_seed(0)
+    net = models.build("mlp", in_features=width, hidden=width, depth=depth - 1, classes=width, activation=activation)
+    x, y = torch.randn(batch, width), torch.randint(width, (batch,))
+    params = list(net.parameters())
+    units = {}
+    for name in ["plain", *STEP_NAMES]:
+        with FlopCounterMode(display=False) as counter:
+            step_rules.get(name).gradient(lambda: cross_entropy(net(x), y).mean(), params, net,
+                                          **STEP_OPTIONS.get(name, {}))
+        units[name] = counter.get_total_flops() / (2 * batch * width ** 2)
+    return units
+
+
+def load_steps(device: str = "cpu", results_dir: str | None = None) -> dict[str, dict[str, Any] | None]:
+    """{label: the saved step-rule bench of each of STEP_BENCHES, or None where none was saved}."""
+    return {label: load(device, results_dir, kind({"model": m, "model_options": o, "suite": "steps"}))
+            for label, (m, o, _) in STEP_BENCHES.items()}
 
 
 def seed_batching(model: str = "lenet", regularizer: str | None = "datagrad", seeds: int = 4,
@@ -164,10 +282,15 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{result['model']}{' ' + str(options) if options else ''}, batch {result['batch_size']}, "
              f"{result.get('layout', 'contiguous')}, {result['device']} ({result['threads']} threads), "
              f"median of {result['reps']} interleaved reps × {result['steps']} steps",
-             f"{'regularizer':<14}{'ms/step':>9}{'× plain':>9}{'images/s':>10}"]
+             f"{'variant' if _has_steps(result) else 'regularizer':<14}{'ms/step':>9}{'× plain':>9}{'images/s':>10}"]
     for name, ratio in {"plain": 1.0, **result["ratio"]}.items():
         seconds = result["seconds_per_step"][name]
         lines.append(f"{name:<14}{1000 * seconds:>9.2f}{ratio:>9.2f}{result['batch_size'] / seconds:>10.1f}")
+    if "forward_over_db" in result:
+        lines.append(f"gr-forward ÷ gr-db: {result['forward_over_db']:.2f}")
+    if result.get("step_options"):
+        lines.append("step options: " + "; ".join(f"{n} {', '.join(f'{k}={v:g}' for k, v in o.items())}"
+                                                  for n, o in result["step_options"].items()))
     return "\n".join(lines)
 
 
@@ -220,9 +343,9 @@ def where_time_goes(model: str = "cifar_resnet", regularizer: str | None = "data
 
     _check_counts(batch_size=batch_size, steps=steps)
     dev = resolve_device(device)
-    cfg = TrainConfig(model=model, dataset=_dataset(model), model_options=dict(model_options or {}),
+    cfg = TrainConfig(model=model, dataset=_dataset(model, model_options), model_options=dict(model_options or {}),
                       regularizer=regularizer, weight=0.01 if regularizer else 0.0)
-    x, y = _batch(model, batch_size, dev)
+    x, y = _batch(model, batch_size, dev, model_options)
     run_step = _stepper(cfg, x, y)
     run_step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])

@@ -2,7 +2,7 @@
 
     gradreg list
     gradreg run EXPERIMENT --profile {smoke,cpu,paper} [--seeds N] [--device D] [--data-dir DIR] [--batch-seeds]
-    gradreg bench [--json] [--save] [--model lenet] [--reps 7] [--seed-batch S [--regularizer R]]
+    gradreg bench [--json] [--save] [--model lenet] [--reps 7] [--only R1,R2|steps] [--seed-batch S [--regularizer R]]
     gradreg train key=value ...          e.g. gradreg train regularizer=datagrad weight=50 iterations=500
 
 Exit status: 0 done; 2 a user error (unknown name, bad value, missing or damaged data or results
@@ -139,15 +139,28 @@ def parser() -> argparse.ArgumentParser:
                      help="train each cell's seeds together as one stacked model (default: on CUDA only)")
     run.set_defaults(fn=_cmd_run)
 
-    b = sub.add_parser("bench", help="step cost of each regularizer as a ratio to a plain step")
+    b = sub.add_parser("bench", help="step cost of each regularizer or step rule as a ratio to a plain step",
+                       description="Time a plain training step and each variant's step interleaved in one "
+                       "process; report ratios to plain. Variants: the input-gradient regularizers (weight "
+                       "0.01) and the parameter-space step rules gr-db, gr-forward, gr-backward, gr-central, "
+                       "sam, flooding (gamma 0.01, eps 0.05, rho 0.05, b 0.05). `--only steps` times every "
+                       "step rule (and adds gr-forward ÷ gr-db), saved apart from the regularizer bench "
+                       "(results/bench/[MODEL-OPTIONS-]steps-<device>.json). An mlp with in_features 3072 "
+                       "is fed CIFAR-shaped batches, 784 MNIST-shaped ones.")
     b.add_argument("--json", action="store_true", help="also print the ratios as one JSON object (last line)")
-    b.add_argument("--save", action="store_true", help="store the result in results/bench/<device>.json")
+    b.add_argument("--save", action="store_true",
+                   help="store the result in results/bench/[<kind>-]<device>.json (kind: model, options, "
+                        "layout, 'steps' for step rules; none for the default LeNet regularizer bench)")
     b.add_argument("--results-dir", default=None)
     b.add_argument("--model", default="lenet")
     b.add_argument("--model-options", default="{}", metavar="JSON",
-                   help='options of the model builder, e.g. \'{"width": 1, "blocks": 1}\' for cifar_resnet')
+                   help='options of the model builder, e.g. \'{"width": 1, "blocks": 1}\' for cifar_resnet, '
+                        '\'{"in_features": 3072, "hidden": 512, "depth": 3}\' for an mlp on CIFAR-shaped input')
     b.add_argument("--channels-last", action="store_true", help="weights and batch in channels_last memory format")
-    b.add_argument("--only", default=None, metavar="R1,R2", help="time only these regularizers (default: all)")
+    b.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                   help="time only these regularizers and/or step rules (gr-db, gr-forward, gr-backward, "
+                        "gr-central, sam, flooding); a suite name stands for all its members: 'steps' (every "
+                        "step rule) or 'regularizers' (default: every regularizer)")
     b.add_argument("--batch-size", type=int, default=50)
     b.add_argument("--reps", type=int, default=7)
     b.add_argument("--steps", type=int, default=10)
