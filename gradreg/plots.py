@@ -77,19 +77,23 @@ def slope_vs_weight(records: list[Record], regularizers: list[str], weights: lis
     return ax
 
 
+def _mean_and_band(ax: Axes, pts: list[tuple[float, list[float]]], color: str, label: str) -> None:
+    """One line through the mean of each point's values and a band from their lowest to their
+    highest; x positions without values are skipped."""
+    pts = [(x, v) for x, v in pts if v]
+    if pts:
+        xs = [x for x, _ in pts]
+        ax.plot(xs, [sum(v) / len(v) for _, v in pts], "o-", color=color, ms=4, label=label)
+        ax.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], color=color, alpha=0.15, lw=0)
+
+
 def size_sweep(records: list[Record], sizes: list[int], methods: list[str], metric: str = "test_accuracy",
                ax: Axes | None = None, label: str = "test accuracy (%)") -> Axes:
     """Figure 1 (left) of Varga et al.: ``metric`` against training-set size N, one line per method
     (mean over seeds) with a band from the lowest to the highest seed. Cells are named ``n{N}/{method}``."""
     ax = ax or plt.subplots(figsize=(6.5, 4))[1]
     for j, method in enumerate(methods):
-        pts = [(n, values(records, f"n{n}/{method}", metric)) for n in sizes]
-        pts = [(n, v) for n, v in pts if v]
-        if not pts:
-            continue
-        ns = [n for n, _ in pts]
-        ax.plot(ns, [sum(v) / len(v) for _, v in pts], "o-", color=f"C{j}", ms=4, label=method)
-        ax.fill_between(ns, [min(v) for _, v in pts], [max(v) for _, v in pts], color=f"C{j}", alpha=0.15, lw=0)
+        _mean_and_band(ax, [(n, values(records, f"n{n}/{method}", metric)) for n in sizes], f"C{j}", method)
     ax.set(xscale="log", xlabel="training-set size N", ylabel=label)
     ax.legend(fontsize="small")
     return ax
@@ -210,14 +214,8 @@ def against_scale(records: list[Record], alphas: list[float], arms: dict[str, st
     ``relative``: divide by α (for scales); ``references``: horizontal lines {label: value}."""
     ax = ax or plt.subplots(figsize=(5, 3.5))[1]
     for j, (name, template) in enumerate(arms.items()):
-        pts = [(a, [v / a if relative else v for v in values(records, template.format(a=f"{a:g}"), metric)])
-               for a in alphas]
-        pts = [(a, v) for a, v in pts if v]
-        if not pts:
-            continue
-        xs = [a for a, _ in pts]
-        ax.plot(xs, [sum(v) / len(v) for _, v in pts], "o-", color=f"C{j}", ms=4, label=name)
-        ax.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], color=f"C{j}", alpha=0.15, lw=0)
+        _mean_and_band(ax, [(a, [v / a if relative else v for v in values(records, template.format(a=f"{a:g}"), metric)])
+                            for a in alphas], f"C{j}", name)
     for k, (name, value) in enumerate((references or {}).items()):
         ax.axhline(value, color="0.4", ls=("--", ":")[k % 2], lw=1, label=name)
     ax.set(xscale="log", xlabel="initial scale α", ylabel=label or metric)
@@ -232,12 +230,8 @@ def step_sweep(records: list[Record], group: str, gamma: float, epsilons: list[f
     band). Cells are named ``{group}/f-g{γ}-e{ε}``, ``{group}/b-…``, ``{group}/db-g{γ}``, ``{group}/gd``."""
     ax = ax or plt.subplots(figsize=(5, 3.5))[1]
     for j, (kind, name) in enumerate((("f", "F-GR (ascent)"), ("b", "B-GR (descent)"))):
-        pts = [(e, values(records, f"{group}/{kind}-g{gamma:g}-e{e:g}", metric)) for e in epsilons]
-        pts = [(e, v) for e, v in pts if v]
-        if pts:
-            xs = [e for e, _ in pts]
-            ax.plot(xs, [sum(v) / len(v) for _, v in pts], "o-", color=f"C{j}", ms=4, label=name)
-            ax.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], color=f"C{j}", alpha=0.15, lw=0)
+        _mean_and_band(ax, [(e, values(records, f"{group}/{kind}-g{gamma:g}-e{e:g}", metric)) for e in epsilons],
+                       f"C{j}", name)
     summary = summarise(records, metric)
     for k, (cell, name) in enumerate(((f"{group}/db-g{gamma:g}", "DB-GR (exact)"), (f"{group}/gd", "GD"))):
         if cell in summary:
