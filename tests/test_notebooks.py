@@ -39,3 +39,13 @@ def test_committed_without_outputs_except_checked_cells(path):
             assert cell["outputs"], "an nbval-checked cell needs its expected output committed"
         else:
             assert not cell["outputs"] and cell["execution_count"] is None, source[:60]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_checks_pass(path):
+    """nbval only compares outputs, so a check that printed FAIL when it was committed would keep
+    "passing": no committed checked output may report a failure."""
+    for cell in _code_cells(path):
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", ""))
+            assert not any(line.lstrip().startswith("FAIL") for line in text.splitlines()), text[:200]
