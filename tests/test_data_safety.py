@@ -690,7 +690,7 @@ def test_load_keeps_the_calls_the_training_loop_makes(data_dir):
 
 @pytest.mark.parametrize("name", [["mnist"], None, 5, b"mnist"])
 def test_load_with_a_name_that_is_not_a_string_is_one_error(name):
-    with pytest.raises(GradregError, match=r"^dataset name must be a string \(mnist, cifar10, sin5x\), got ") as err:
+    with pytest.raises(GradregError, match=r"^dataset name must be a string \(mnist, cifar10, sin5x, sparse_linear\), got ") as err:
         data.load(name)
     one_line(err)
 
@@ -712,7 +712,7 @@ def test_load_with_an_unknown_option_is_one_error(name, options, expected):
 def test_load_with_an_unknown_name_is_one_error():
     with pytest.raises(GradregError) as err:
         data.load("imagenet")
-    assert one_line(err) == "unknown dataset 'imagenet'; known: mnist, cifar10, sin5x"
+    assert one_line(err) == "unknown dataset 'imagenet'; known: mnist, cifar10, sin5x, sparse_linear"
 
 
 def test_a_nested_list_bomb_in_place_of_the_images_is_refused_at_once(data_dir, tmp_path):
