@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -74,12 +75,17 @@ def fit_alpha(beta: Tensor, x: Tensor, y: Tensor, low: float = 1e-4, high: float
     best = min(range(len(grid)), key=lambda i: distance(grid[i]))
     a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(30):
-        c, d = b - ratio * (b - a), a + ratio * (b - a)
-        if distance(c) < distance(d):
-            b = d
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = distance(c), distance(d)
+    for _ in range(30):                     # each step keeps one interior point and its distance
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = distance(c)
         else:
-            a = c
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = distance(d)
     return math.exp((a + b) / 2)
 
 
@@ -89,7 +95,6 @@ def min_l1_interpolator(x: Tensor, y: Tensor) -> Tensor:
     from scipy.optimize import linprog   # scipy is a dependency through gradreg.stats
     x64, y64 = x.double().cpu().numpy(), y.double().flatten().cpu().numpy()
     d = x64.shape[1]
-    import numpy as np
     res = linprog(np.ones(2 * d), A_eq=np.hstack([x64, -x64]), b_eq=y64, bounds=(0, None), method="highs")
     if not res.success:
         raise GradregError(f"basis pursuit failed: {res.message}")

@@ -59,21 +59,29 @@ def _kept_buffers(model: nn.Module | None) -> Iterator[None]:
                     b.copy_(s)
 
 
+@contextlib.contextmanager
+def _moved(params: list[Tensor], direction: list[Tensor], scale: float, model: nn.Module | None) -> Iterator[None]:
+    """Inside the block θ is θ + scale·direction (one in-place multi-tensor update); on leaving it,
+    θ is restored bit for bit and the model's buffers with it."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            torch._foreach_add_(params, direction, alpha=scale)
+        with _kept_buffers(model):
+            yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(params, saved)
+
+
 def _grad_at(loss_fn: LossFn, params: list[Tensor], direction: list[Tensor], scale: float,
              model: nn.Module | None) -> list[Tensor]:
     """∇L at θ + scale·direction; θ (bit for bit) and the model's buffers are restored afterwards.
 
     In-place multi-tensor (``torch._foreach_*``) updates: on a 2-million-parameter MLP the
     elementwise passes and fresh allocations of the naive version cost as much as a gradient."""
-    saved = [p.detach().clone() for p in params]
-    try:
-        with torch.no_grad():
-            torch._foreach_add_(params, direction, alpha=scale)
-        with _kept_buffers(model):
-            return [g.detach() for g in _grad(loss_fn, params)]
-    finally:
-        with torch.no_grad():
-            torch._foreach_copy_(params, saved)
+    with _moved(params, direction, scale, model):
+        return [g.detach() for g in _grad(loss_fn, params)]
 
 
 def _check(params: list[Tensor], gamma: float, method: str, eps: float | None) -> None:
@@ -98,14 +106,8 @@ def gr_gradient(loss_fn: LossFn, params: list[Tensor], *, gamma: float, method: 
     params = list(params)
     _check(params, gamma, method, eps)
     if method == "db":
-        g = _grad(loss_fn, params, create_graph=True)
-        live = [i for i, x in enumerate(g) if x.requires_grad]     # ∇L depends on θ (not for a linear L)
-        hg = [torch.zeros_like(x) for x in g]
-        if live:
-            found = torch.autograd.grad([g[i] for i in live], params, grad_outputs=[g[i].detach() for i in live],
-                                        allow_unused=True)
-            hg = [h if h is not None else torch.zeros_like(p) for h, p in zip(found, params)]
-        return _combine(hg, gamma, [x.detach() for x in g])
+        g, hg = gradient_and_hvp(loss_fn, params)
+        return _combine(hg, gamma, g)
     g = [x.detach() for x in _grad(loss_fn, params)]
     up = _grad_at(loss_fn, params, g, eps, model) if method in ("forward", "central") else None
     down = _grad_at(loss_fn, params, g, -eps, model) if method in ("backward", "central") else None
@@ -206,7 +208,7 @@ def gradient_and_hvp(loss_fn: LossFn, params: list[Tensor]) -> tuple[list[Tensor
     params = list(params)
     _check(params, 0.0, "db", None)
     g = _grad(loss_fn, params, create_graph=True)
-    live = [i for i, x in enumerate(g) if x.requires_grad]
+    live = [i for i, x in enumerate(g) if x.requires_grad]     # ∇L depends on θ (not for a linear L)
     hg = [torch.zeros_like(p) for p in params]
     if live:
         found = torch.autograd.grad([g[i] for i in live], params, grad_outputs=[g[i].detach() for i in live],
@@ -306,24 +308,18 @@ def activation_switches(model: nn.Module, x: Tensor, params: list[Tensor], direc
     seen: list[Tensor] = []
     handles = [m.register_forward_hook(lambda _m, inp, _out: seen.append((inp[0] > 0).flatten(1)))
                for m in relus]
-    saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad(), _kept_buffers(model):
             model(x)
             base, fractions = torch.cat(seen, 1), []
             for eps in eps_values:
                 seen.clear()
-                for p, s, d in zip(params, saved, direction):
-                    p.copy_(s)
-                    p.add_(eps * d)
-                model(x)
+                with _moved(params, direction, eps, model):
+                    model(x)
                 fractions.append((torch.cat(seen, 1) != base).double().mean().item())
     finally:
         for h in handles:
             h.remove()
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
     return fractions
 
 
@@ -420,16 +416,8 @@ def flood_levels(loss_fn: LossFn, params: list[Tensor], lr: float,
             here = float(loss_fn())
     at = []
     for sign in (1.0, -1.0):
-        saved = [p.detach().clone() for p in params]
-        try:
-            with torch.no_grad(), _kept_buffers(model):
-                for p, x in zip(params, g):
-                    p.add_(sign * lr * x)
-                at.append(float(loss_fn()))
-        finally:
-            with torch.no_grad():
-                for p, s in zip(params, saved):
-                    p.copy_(s)
+        with _moved(params, g, sign * lr, model), torch.no_grad():
+            at.append(float(loss_fn()))
     up, down = at
     return {"ascent-descent": (here + up) / 2, "descent-ascent": (here + down) / 2,
             "two ascents": 2 * max(here, up), "two descents": min(here, down) / 2}
