@@ -13,7 +13,7 @@ export GRADREG_DATA ?= $(if $(wildcard ../shared/data/MNIST),$(abspath ../shared
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[book,test]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[book,test,cluster]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -c "import torch, gradreg; print('installed: torch', torch.__version__)"
 	touch $@
 

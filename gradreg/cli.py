@@ -2,7 +2,8 @@
 
     gradreg list
     gradreg run EXPERIMENT --profile {smoke,cpu,paper} [--seeds N] [--device D] [--data-dir DIR] [--batch-seeds]
-    gradreg bench [--json] [--save] [--model lenet] [--reps 7] [--only R1,R2|steps] [--seed-batch S [--regularizer R]]
+                [--executor ray [--address ADDR] [--cpus-per-run N] [--gpus-per-run F] [--retries R]]
+    gradreg bench [--json] [--save] [--model lenet] [--reps 7] [--only R1,R2|steps] [--seed-batch S [--regularizer R]] [--ray]
     gradreg train key=value ...          e.g. gradreg train regularizer=datagrad weight=50 iterations=500
 
 Exit status: 0 done; 2 a user error (unknown name, bad value, missing or damaged data or results
@@ -28,8 +29,10 @@ from .train import train
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
+    from . import cost        # counts one step per distinct config on the meta device: seconds, so only here
     width = max(len("experiment"), *(len(name) for name in experiments.REGISTRY)) + 2
-    print(f"{'experiment':<{width}}{'profile':<8}{'runs':>6}{'iterations':>12}{'est. 2-core CPU':>17}  source")
+    print(f"{'experiment':<{width}}{'profile':<8}{'runs':>6}{'iterations':>12}{'est. 2-core CPU':>17}"
+          f"{'est. one H100':>25}  source")
     for exp in experiments.REGISTRY.values():
         for profile in exp.profiles:
             try:
@@ -38,17 +41,27 @@ def _cmd_list(args: argparse.Namespace) -> None:
                 print(f"{exp.name:<{width}}{profile:<8}  not yet configurable: {err}")
                 continue
             minutes = exp.estimated_cpu_seconds(profile) / 60
+            gpu = cost.format_hours(cost.gpu_seconds(exp, profile, grid=grid)) if profile != "smoke" else "-"
             print(f"{exp.name:<{width}}{profile:<8}{len(grid):>6}{grid[0][2].iterations:>12}"
-                  f"{minutes:>13.1f} min  {exp.source if profile == 'smoke' else ''}")
+                  f"{minutes:>13.1f} min{gpu:>25}  {exp.source if profile == 'smoke' else ''}", flush=True)
+    print("\nEstimates. CPU: measured plain-step times × each step's cost (gradreg.experiments). GPU: "
+          "seeds of a cell stacked, as `gradreg run` does on CUDA; (measured): from saved CUDA benches "
+          "(gradreg bench --device cuda --save); (model): counted operators and flops of one step on "
+          f"the meta device at {cost.T_OP * 1e6:g} µs per operator and {cost.THROUGHPUT / 1e12:g} TFLOP/s "
+          "(gradreg.cost): within a factor of a few.")
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
     exp = experiments.get(args.experiment)
     overrides = exp.profile(args.profile).overrides
     print(f"{exp.title}\nsource: {exp.source}\nbase config: {exp.base.replace(**overrides, device=args.device)}")
+    cluster = {k: getattr(args, k) for k in ("address", "cpus_per_run", "gpus_per_run", "retries")
+               if getattr(args, k) is not None}
+    if args.executor != "ray" and cluster:
+        raise GradregError(f"--{next(iter(cluster)).replace('_', '-')} needs --executor ray")
     experiments.run(args.experiment, args.profile, seeds=args.seeds, device=args.device,
                     data_dir=args.data_dir, results_dir=args.results_dir, progress=not args.no_progress,
-                    batch_seeds=args.batch_seeds)
+                    batch_seeds=args.batch_seeds, executor=args.executor, cluster=cluster or None)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -67,6 +80,18 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         raise GradregError(f"--seed-batch must be >= 0 (0: off), got {args.seed_batch}")
     if args.save:  # fail before the timing, not after it
         results.ensure_writable(bench_mod.path("cpu", args.results_dir).parent)
+    if args.ray:
+        from . import cluster                      # imports ray: only when asked for
+        result = cluster.overhead()
+        walls = result["grid_wall_s"]
+        print(f"Ray {result['ray']} on this machine ({result['cpus']:g} CPUs): start a local instance "
+              f"{result['ray_start_s']:.1f} s, stop it {result['ray_stop_s']:.1f} s; a task's round trip "
+              f"{result['task_round_trip_ms']:.2f} ms one at a time, {result['task_pipelined_ms']:.2f} ms each with "
+              f"{result['tasks_timed']} in flight; `gradreg run {result['experiment']} --profile {result['profile']}` "
+              f"({result['runs']} runs): local {walls['local']:.1f} s, --executor ray {walls['ray']:.1f} s")
+        if args.save:
+            print(f"saved to {bench_mod.save(result, args.results_dir, kind='ray')}")
+        return
     if args.seed_batch:
         result = bench_mod.seed_batching(args.model, args.regularizer, args.seed_batch, args.batch_size,
                                          args.reps, args.steps, args.device)
@@ -137,6 +162,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--batch-seeds", action=argparse.BooleanOptionalAction, default=None,
                      help="train each cell's seeds together as one stacked model (default: on CUDA only)")
+    ray = run.add_argument_group("cluster", "run the grid's tasks on a Ray cluster (pip install 'gradreg[cluster]')")
+    ray.add_argument("--executor", default="local", choices=experiments.EXECUTORS,
+                     help="local: train in this process (default); ray: one Ray task per run, or per "
+                          "seed-batched cell on GPUs")
+    ray.add_argument("--address", default=None,
+                     help="join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); default: start one here")
+    ray.add_argument("--cpus-per-run", type=float, default=None, metavar="N", help="CPUs each task reserves (default 1)")
+    ray.add_argument("--gpus-per-run", type=float, default=None, metavar="F",
+                     help="GPUs each task reserves; a fraction shares a GPU (default: 1 where the cluster has GPUs)")
+    ray.add_argument("--retries", type=int, default=None,
+                     help="re-queues of a task whose worker or node was lost (default 3)")
     run.set_defaults(fn=_cmd_run)
 
     b = sub.add_parser("bench", help="step cost of each regularizer or step rule as a ratio to a plain step",
@@ -168,6 +204,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed-batch", type=int, default=0, metavar="S",
                    help="instead: time S seeds stepped one at a time against one stacked step")
     b.add_argument("--regularizer", default="datagrad", help="with --seed-batch (default: datagrad)")
+    b.add_argument("--ray", action="store_true",
+                   help="instead: what a local Ray instance costs here (start-up, a task's round trip, the "
+                        "sin5x smoke grid local vs --executor ray); --save: results/bench/ray-cpu.json")
     b.set_defaults(fn=_cmd_bench)
 
     t = sub.add_parser("train", help="train one config given as key=value overrides of TrainConfig")

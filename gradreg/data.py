@@ -206,10 +206,12 @@ def _remove_empty(created: list[Path]) -> None:
 
 
 def _fetch(urls: list[str], dest: Path, checksum: str) -> None:
-    """Fetch the first URL that answers into ``dest`` and verify its MD5; raise OSError if none does."""
+    """Fetch the first URL that answers into ``dest`` and verify its MD5; raise OSError if none does.
+    The partial file is this process's own: several workers of a cluster node fetching the same file
+    at once each write their own and rename it into place whole."""
     errors = []
     for url in urls:
-        tmp = dest.with_suffix(dest.suffix + ".part")
+        tmp = dest.with_suffix(dest.suffix + f".{os.getpid()}.part")
         try:
             urllib.request.urlretrieve(url, tmp)
         except BaseException as err:  # Ctrl-C included: no partial download left behind

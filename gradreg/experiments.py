@@ -185,9 +185,13 @@ def missing(name: str, profile: str, results_dir: str | None = None) -> list[tup
     return [(c, s) for c, s, _ in get(name).configs(profile, results_dir=results_dir) if (c, s) not in done]
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run(name: str, profile: str, *, seeds: int | None = None, device: str = "auto",
         data_dir: str | None = None, results_dir: str | None = None, progress: bool = True,
-        batch_seeds: bool | None = None, log: Callable[[str], None] = print) -> list[results_store.Record]:
+        batch_seeds: bool | None = None, log: Callable[[str], None] = print,
+        executor: str = "local", cluster: dict[str, Any] | None = None) -> list[results_store.Record]:
     """Train every (cell, seed) of the grid not yet stored, storing each record as it finishes.
 
     ``batch_seeds``: train a cell's missing seeds together as one stacked model (``gradreg.seeds``);
@@ -195,49 +199,86 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     loses at most the cell in progress. Several processes may run one grid at once: each claims a
     run before training it (``Store.claim``), so they split the work and every record is stored
     once. The results file is checked (readable, folder writable) before any training starts.
-    Returns all records of the (experiment, profile) afterwards.
+
+    ``executor``: "local" trains in this process; "ray" sends each run (or each seed-batched cell)
+    to a Ray cluster as a task and stores what comes back here (``gradreg.cluster``; ``cluster``
+    holds its options: address, cpus_per_run, gpus_per_run, retries). Either way the records are
+    the same and go through the one locked, atomic store. Returns all records of the
+    (experiment, profile) afterwards.
     """
     exp = get(name)
     if not callable(log):
         raise GradregError(f"log must be a function taking a line, got {log!r}")
+    if executor not in EXECUTORS:
+        raise GradregError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    if cluster and executor != "ray":
+        raise GradregError(f"cluster options ({', '.join(cluster)}) need executor='ray' (--executor ray)")
     grid = [(c, s, cfg.replace(device=device)) for c, s, cfg in exp.configs(profile, seeds, results_dir)]
-    on_cuda = resolve_device(device).type == "cuda"
+    commit = results_store.git_commit()
+    if executor == "ray":
+        from . import cluster as ray_cluster      # imports ray, an optional extra: only here
+        opts = ray_cluster.Options.make(device=device, **(cluster or {}))
+        with ray_cluster.connection(opts) as place:   # joined or started before anything is written
+            store, todo, header = _prepare(name, profile, grid, results_dir,
+                                           lambda cfg: place.check_workers(cfg, data_dir, commit))
+            place.run(exp, profile, todo, store, batch_seeds=batch_seeds, data_dir=data_dir, commit=commit,
+                      progress=progress, log=log, header=header)
+        return store.records()
     if data_dir is not None:
         check_data_dir(data_dir)
-    # every argument is checked above: nothing is written for a run that was bound to fail
-    store = results_store.Store(name, profile, results_dir)
-    stored = {(r["cell"], r["seed"]) for r in _current(name, profile, store, results_dir)}   # reading writes nothing
-    missing_runs = [cfg for c, s, cfg in grid if (c, s) not in stored]
-    if missing_runs:                                            # missing or damaged data fail before any write
-        load_data(missing_runs[0], resolve_device("cpu"), data_dir)
-    store.prepare()
-    done = store.done()
-    todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
+    store, todo, header = _prepare(name, profile, grid, results_dir,
+                                   lambda cfg: load_data(cfg, resolve_device("cpu"), data_dir))
     if batch_seeds is None:
-        batch_seeds = on_cuda
-    commit = results_store.git_commit()
-    log(f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}"
-        + (" (seeds batched per cell)" if batch_seeds else ""))
+        batch_seeds = resolve_device(device).type == "cuda"
+    log(header + (" (seeds batched per cell)" if batch_seeds else ""))
     trained = elsewhere = 0
-    for unit in _units(todo, batch_seeds):
+    for unit in units(todo, batch_seeds):
         with store.claim([(c, s) for c, s, _ in unit]) as mine:
             runs = [(c, s, cfg) for c, s, cfg in unit if (c, s) in mine]
             elsewhere += len(unit) - len(runs)
-            for cell, seed, cfg, out in _train_unit(exp, runs, batch_seeds, data_dir, progress):
-                out.pop("model")  # records hold numbers, not weights
-                record = {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
-                          "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"], commit)}
+            for cell, seed, cfg, out in train_unit(exp, runs, batch_seeds, data_dir, progress):
+                record = make_record(exp.name, profile, cell, seed, cfg, out, commit, "local")
                 store.add(record)
                 trained += 1
-                shown = {k: round(v, 4) for k, v in out["metrics"].items() if isinstance(v, float)}
-                log(f"  [{trained}/{len(todo)}] {cell} seed {seed}: {out['status']} in "
-                    f"{out['train_seconds']:.1f}s {shown}")
+                log(f"  [{trained}/{len(todo)}] {describe(record)}")
     if elsewhere:
         log(f"{elsewhere} runs were skipped: another process had claimed them or stored them meanwhile")
     return store.records()
 
 
-def _units(todo: list[tuple[str, int, TrainConfig]], batch_seeds: bool) -> list[list[tuple[str, int, TrainConfig]]]:
+def _prepare(name: str, profile: str, grid: list[tuple[str, int, TrainConfig]], results_dir: str | None,
+             check_data: Callable[[TrainConfig], Any]) -> tuple[results_store.Store, list[tuple[str, int, TrainConfig]], str]:
+    """Before training: read the store (a file of another configuration is an error), check the
+    data of the first missing run (``check_data``: missing or damaged data fail before any write),
+    then make the store ready. Returns the store, the runs to train and a header line for the log."""
+    store = results_store.Store(name, profile, results_dir)
+    stored = {(r["cell"], r["seed"]) for r in _current(name, profile, store, results_dir)}   # reading writes nothing
+    missing_runs = [cfg for c, s, cfg in grid if (c, s) not in stored]
+    if missing_runs:
+        check_data(missing_runs[0])
+    store.prepare()
+    done = store.done()
+    todo = [(c, s, cfg) for c, s, cfg in grid if (c, s) not in done]
+    return store, todo, f"{name} [{profile}]: {len(grid)} runs, {len(grid) - len(todo)} already in {store.path}"
+
+
+def make_record(name: str, profile: str, cell: str, seed: int, cfg: TrainConfig, out: dict[str, Any],
+                commit: str, executor: str) -> results_store.Record:
+    """The stored record of one finished run (``out``: what ``train`` returned), with its provenance
+    read in the process that trained it. The model is dropped: records hold numbers, not weights."""
+    out = {k: v for k, v in out.items() if k != "model"}
+    return {"experiment": name, "profile": profile, "cell": cell, "seed": seed, **out,
+            "config": cfg.to_dict(), "provenance": results_store.provenance(out["device"], commit, executor)}
+
+
+def describe(record: results_store.Record) -> str:
+    """One log line for a finished run: cell, seed, status, time and its float metrics."""
+    shown = {k: round(v, 4) for k, v in record["metrics"].items() if isinstance(v, float)}
+    return (f"{record['cell']} seed {record['seed']}: {record['status']} in {record['train_seconds']:.1f}s "
+            f"{shown}")
+
+
+def units(todo: list[tuple[str, int, TrainConfig]], batch_seeds: bool) -> list[list[tuple[str, int, TrainConfig]]]:
     """What trains at once: each run alone, or (``batch_seeds``) all missing seeds of a cell, unless
     the cell's step rule cannot batch seeds (``steps.Step.separable``)."""
     if not batch_seeds:
@@ -249,7 +290,7 @@ def _units(todo: list[tuple[str, int, TrainConfig]], batch_seeds: bool) -> list[
             for unit in ([runs] if steps.get(runs[0][2].step).separable else [[run] for run in runs])]
 
 
-def _train_unit(exp: Experiment, runs: list[tuple[str, int, TrainConfig]], batch_seeds: bool,
+def train_unit(exp: Experiment, runs: list[tuple[str, int, TrainConfig]], batch_seeds: bool,
                 data_dir: str | None, progress: bool) -> Iterator[tuple[str, int, TrainConfig, dict[str, Any]]]:
     """(cell, seed, config, result) for each run of a unit: one model, or one stack of a cell's seeds."""
     if not batch_seeds or (runs and not steps.get(runs[0][2].step).separable):
@@ -262,7 +303,7 @@ def _train_unit(exp: Experiment, runs: list[tuple[str, int, TrainConfig]], batch
             yield cell, seed, cfg, out
 
 
-RUN_OPTIONS = {"seeds", "device", "data_dir", "progress", "batch_seeds", "log"}  # what load() passes to run()
+RUN_OPTIONS = {"seeds", "device", "data_dir", "progress", "batch_seeds", "log", "executor", "cluster"}  # what load() passes to run()
 
 
 def load(name: str, profile: str, *, run_missing: bool = False, results_dir: str | None = None,

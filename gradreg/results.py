@@ -86,12 +86,15 @@ def git_commit() -> str:
         return "unknown"
 
 
-def provenance(device: str, commit: str | None = None) -> dict[str, Any]:
+def provenance(device: str, commit: str | None = None, executor: str = "local") -> dict[str, Any]:
     """Where and with what a run was made. ``commit``: the code's commit, read when the code was
-    loaded (a grid reads it once at its start, so later edits to the tree do not mislabel it)."""
+    loaded (a grid reads it once at its start, so later edits to the tree do not mislabel it).
+    ``executor``: what ran it ("local": the ``gradreg run`` process itself; "ray": a Ray worker);
+    ``node``: the host that trained it (read here, in the process that trained)."""
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
     return {"git_commit": commit or git_commit(), "torch": torch.__version__, "python": platform.python_version(),
             "device": device, "device_name": name, "threads": torch.get_num_threads(),
+            "executor": executor, "node": socket.gethostname(),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -459,7 +459,9 @@ def test_list_into_a_closed_pipe_ends_quietly(tmp_path):
 
 def test_list_fits_the_longest_experiment_name():
     out = subprocess.run([sys.executable, "-m", "gradreg", "list"], capture_output=True, text=True, timeout=120)
-    for line in out.stdout.splitlines()[1:]:
+    table, note = out.stdout.split("\n\n")                # the rows, then one paragraph on the estimates
+    assert note.startswith("Estimates.")
+    for line in table.splitlines()[1:]:
         name, profile = line.split()[:2]
         assert name in experiments.REGISTRY and profile in experiments.PROFILES, line
 

@@ -157,8 +157,8 @@ def test_steps_that_mix_members_train_one_seed_at_a_time():
     with pytest.raises(GradregError, match="mixes the members"):
         train_seeds(cfg, [0, 1], progress=False)
     todo = [("c", s, cfg.replace(seed=s)) for s in range(3)]
-    assert [len(u) for u in experiments._units(todo, batch_seeds=True)] == [1, 1, 1]
-    assert [len(u) for u in experiments._units([(c, s, DIAG) for c, s, _ in todo], batch_seeds=True)] == [3]
+    assert [len(u) for u in experiments.units(todo, batch_seeds=True)] == [1, 1, 1]
+    assert [len(u) for u in experiments.units([(c, s, DIAG) for c, s, _ in todo], batch_seeds=True)] == [3]
 
 
 def test_records_older_than_the_step_field_are_not_stale():
