@@ -138,3 +138,26 @@ def load(name: str, profile: str, train_missing: bool = False) -> tuple[list[Rec
         return records, missing_note(name, profile)
     except ResultsMissing as err:
         return [], f"`{name}` at profile `{profile}` cannot run yet: {err}."
+
+
+def grid_costs(profiles: tuple[str, ...] = ("cpu", "paper"), results_dir: str | None = None) -> list[dict[str, object]]:
+    """One row per registered (experiment, profile): its runs, how many are stored, and the two cost
+    estimates of ``gradreg list`` (2-core CPU minutes; GPU-hours on one H100, ``gradreg.cost``).
+    A grid whose settings come from results not yet stored says so instead."""
+    from . import cost          # counts steps on the meta device: seconds on first use, so only here
+    rows: list[dict[str, object]] = []
+    for exp in experiments.REGISTRY.values():
+        for profile in (p for p in profiles if p in exp.profiles):
+            row: dict[str, object] = {"experiment": exp.name, "profile": profile}
+            try:
+                grid = exp.configs(profile, results_dir=results_dir)
+            except ResultsMissing:
+                rows.append({**row, "runs": "—", "stored": "—", "est. 2-core CPU": "after its sweep",
+                             "est. one H100": "after its sweep"})
+                continue
+            stored = len(grid) - len(experiments.missing(exp.name, profile, results_dir))
+            minutes = exp.estimated_cpu_seconds(profile) / 60
+            cpu = f"{minutes:.0f} min" if minutes < 60 else f"{minutes / 60:,.0f} h"
+            rows.append({**row, "runs": len(grid), "stored": stored, "est. 2-core CPU": cpu,
+                         "est. one H100": cost.format_hours(cost.gpu_seconds(exp, profile, results_dir, grid))})
+    return rows
