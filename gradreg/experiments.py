@@ -216,7 +216,12 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     grid = [(c, s, cfg.replace(device=device)) for c, s, cfg in exp.configs(profile, seeds, results_dir)]
     commit = results_store.git_commit()
     if executor == "ray":
-        from . import cluster as ray_cluster      # imports ray, an optional extra: only here
+        try:
+            from . import cluster as ray_cluster  # imports ray, an optional extra: only here
+        except ImportError as err:
+            if err.name != "ray" and not str(err.name).startswith("ray."):
+                raise
+            raise GradregError("--executor ray needs Ray, which is not installed: pip install 'gradreg[cluster]'") from None
         opts = ray_cluster.Options.make(device=device, **(cluster or {}))
         with ray_cluster.connection(opts) as place:   # joined or started before anything is written
             store, todo, header = _prepare(name, profile, grid, results_dir,

@@ -176,3 +176,12 @@ def test_bad_cluster_options_are_one_error_and_write_nothing(tmp_path, args, mes
     assert lines[-1].startswith("gradreg: error:") and message in lines[-1], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "sin5x").exists()
+
+
+def test_without_ray_installed_the_ray_executor_is_one_clear_error(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from gradreg import cli; "
+            f"sys.exit(cli.main(['run', 'sin5x', '--profile', 'smoke', '--executor', 'ray', '--results-dir', {str(tmp_path)!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+        "gradreg: error: --executor ray needs Ray, which is not installed: pip install 'gradreg[cluster]'")
+    assert not (tmp_path / "sin5x").exists()
