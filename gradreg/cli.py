@@ -167,7 +167,8 @@ def parser() -> argparse.ArgumentParser:
                      help="local: train in this process (default); ray: one Ray task per run, or per "
                           "seed-batched cell on GPUs")
     ray.add_argument("--address", default=None,
-                     help="join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); default: start one here")
+                     help="join this Ray cluster (auto, HOST:6379 or ray://HOST:10001); default: the one running on this "
+                          "machine, else a new one for this command")
     ray.add_argument("--cpus-per-run", type=float, default=None, metavar="N", help="CPUs each task reserves (default 1)")
     ray.add_argument("--gpus-per-run", type=float, default=None, metavar="F",
                      help="GPUs each task reserves; a fraction shares a GPU (default: 1 where the cluster has GPUs)")

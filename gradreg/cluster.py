@@ -57,7 +57,7 @@ LOST = (rayerr.WorkerCrashedError, rayerr.NodeDiedError, rayerr.OutOfMemoryError
 class Options:
     """How runs are placed on the cluster (the ``--executor ray`` options of ``gradreg run``)."""
 
-    address: str | None = None        # an existing cluster ("auto", "HOST:PORT", "ray://HOST:10001"); None: start one here
+    address: str | None = None        # a cluster ("auto", "HOST:PORT", "ray://HOST:10001"); None: this machine's, or a new one
     cpus_per_run: float = 1.0         # CPUs a task reserves; its torch uses that many threads
     gpus_per_run: float | None = None  # GPUs a task reserves (fractions share one); None: 1 if the cluster has GPUs
     retries: int = 3                  # re-queues of a task whose worker or node was lost
