@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 book: install
+	bash tools/book_assets.sh   # the widget manager and RequireJS from npm (pinned), served by the book
 	rm -rf _build/.jupyter_cache _build/html
 	$(BIN)/jupyter-book build --all -W --keep-going .
 

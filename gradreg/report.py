@@ -66,11 +66,11 @@ def missing_note(name: str, profile: str, results_dir: str | None = None) -> str
 
 def rows_table(rows: list[dict[str, object]]) -> str:
     """A Markdown table from a list of dicts with the same keys (floats shown to 3 significant digits)."""
-    def cell(v: object) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(cell(r[h]) for h in header) + " |" for r in rows]
+    def cell(v: object) -> str:     # a "|" inside a cell (|f′|) would end the cell: escaped
+        return (f"{v:.3g}" if isinstance(v, float) else str(v)).replace("|", "\\|")
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(cell(k) for k in keys) + " |", "|---" * len(keys) + "|"]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 

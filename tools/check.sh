@@ -30,6 +30,7 @@ papermill_smoke() {
 }
 
 book() {
+  bash tools/book_assets.sh || return 1       # the widget manager and RequireJS, pinned, from npm
   rm -rf _build/.jupyter_cache _build/html   # never trust the execution cache here
   timeout 1200 $BIN/jupyter-book build --all -W --keep-going . && return 0
   # A notebook kernel has once stalled without output under load (cell timeout 300 s); a genuine
@@ -37,6 +38,11 @@ book() {
   echo "RETRY: the book build failed once; building again from scratch"
   rm -rf _build/.jupyter_cache _build/html
   timeout 1200 $BIN/jupyter-book build --all -W --keep-going .
+}
+
+browser() {
+  # the built book in headless Chromium, offline: console, network, images, links, math, widgets, tables
+  bash tools/install_browser.sh && timeout 600 $BIN/python -m pytest -q -p no:cacheprovider book_tests
 }
 
 nbval() {
@@ -50,6 +56,7 @@ stage bench timeout 300 $BIN/gradreg bench --device cpu
 stage papermill papermill_smoke
 stage nbval nbval
 stage book book
+stage browser browser
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED stages: ${failed[*]}"
