@@ -57,8 +57,6 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(f"{exp.title}\nsource: {exp.source}\nbase config: {exp.base.replace(**overrides, device=args.device)}")
     cluster = {k: getattr(args, k) for k in ("address", "cpus_per_run", "gpus_per_run", "retries")
                if getattr(args, k) is not None}
-    if args.executor != "ray" and cluster:
-        raise GradregError(f"--{next(iter(cluster)).replace('_', '-')} needs --executor ray")
     experiments.run(args.experiment, args.profile, seeds=args.seeds, device=args.device,
                     data_dir=args.data_dir, results_dir=args.results_dir, progress=not args.no_progress,
                     batch_seeds=args.batch_seeds, executor=args.executor, cluster=cluster or None)

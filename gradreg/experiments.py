@@ -212,7 +212,7 @@ def run(name: str, profile: str, *, seeds: int | None = None, device: str = "aut
     if executor not in EXECUTORS:
         raise GradregError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     if cluster and executor != "ray":
-        raise GradregError(f"cluster options ({', '.join(cluster)}) need executor='ray' (--executor ray)")
+        raise GradregError(f"--{next(iter(cluster)).replace('_', '-')} needs --executor ray")
     grid = [(c, s, cfg.replace(device=device)) for c, s, cfg in exp.configs(profile, seeds, results_dir)]
     commit = results_store.git_commit()
     if executor == "ray":

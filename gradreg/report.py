@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from . import experiments, stats
+from . import results as results_store
 from .errors import ResultsMissing
 from .results import Record
 
@@ -155,7 +156,8 @@ def grid_costs(profiles: tuple[str, ...] = ("cpu", "paper"), results_dir: str | 
                 rows.append({**row, "runs": "—", "stored": "—", "est. 2-core CPU": "after its sweep",
                              "est. one H100": "after its sweep"})
                 continue
-            stored = len(grid) - len(experiments.missing(exp.name, profile, results_dir))
+            done = results_store.Store(exp.name, profile, results_dir).done()
+            stored = sum((cell, seed) in done for cell, seed, _ in grid)
             minutes = exp.estimated_cpu_seconds(profile) / 60
             cpu = f"{minutes:.0f} min" if minutes < 60 else f"{minutes / 60:,.0f} h"
             rows.append({**row, "runs": len(grid), "stored": stored, "est. 2-core CPU": cpu,
